@@ -1,0 +1,1 @@
+"""The release control plane: registry, intake, bus, controller, gates, promotion, router, CLI."""

@@ -1,0 +1,1 @@
+"""Adapters: one module per concrete backend of a port. Cloud SDKs are imported here and nowhere else."""

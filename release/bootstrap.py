@@ -1,0 +1,150 @@
+"""Wiring: settings in, a ready ``App`` out. The one place that chooses adapters, through small tables.
+
+Nothing happens at import; ``bootstrap(settings)`` builds everything once per process and caches it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from release.artifacts import materialize
+from release.controller import Controller
+from release.db import make_engine, migrate, session_factory
+from release.intake import Intake
+from release.logconfig import configure_logging
+from release.ports import ArtifactStore, EventBus, GateRunner, Promoter, ServingBackend, SubscriptionSpec
+from release.registry import VersionView
+from release.settings import Settings
+from schemas.events import Topic
+from schemas.policy import ReleasePolicy
+
+CONTROLLER_SUBSCRIPTION = "controller"
+
+
+def _folder_store(settings: Settings) -> ArtifactStore:
+    from release.adapters.local_bucket import LocalFolderStore
+
+    return LocalFolderStore(root=Path(settings.bucket_location.removeprefix("file://")))
+
+
+def _gcs_store(settings: Settings) -> ArtifactStore:
+    from release.adapters.gcs_store import GcsArtifactStore
+
+    return GcsArtifactStore(uri=settings.bucket_location, emulator_host=settings.storage_emulator_host or None,
+                            project=settings.gcp_project)
+
+
+def _local_bus(_settings: Settings, engine: Engine) -> EventBus:
+    from release.adapters.local_bus import LocalEventBus
+
+    return LocalEventBus(session_factory=session_factory(engine))
+
+
+def _pubsub_bus(settings: Settings, engine: Engine) -> EventBus:
+    from release.adapters.pubsub_bus import PubSubEventBus
+
+    return PubSubEventBus(session_factory=session_factory(engine), project=settings.gcp_project,
+                          emulator_host=settings.pubsub_emulator_host or None)
+
+
+def _local_serving(settings: Settings) -> ServingBackend:
+    from release.adapters.local_serving import LocalServingBackend
+
+    gpu = {"on": True, "off": False, "auto": None}[settings.gpu]
+    return LocalServingBackend(home=settings.home.resolve(), gpu=gpu)
+
+
+def _kubernetes_serving(settings: Settings) -> ServingBackend:
+    from release.adapters.kubernetes_serving import KubernetesServingBackend
+
+    return KubernetesServingBackend(namespace=settings.k8s_namespace, image=settings.k8s_image)
+
+
+STORES: dict[str, Callable[[Settings], ArtifactStore]] = {"gs": _gcs_store, "file": _folder_store}
+BUSES: dict[str, Callable[[Settings, Engine], EventBus]] = {"local": _local_bus, "pubsub": _pubsub_bus}
+SERVING: dict[str, Callable[[Settings], ServingBackend]] = {"local": _local_serving,
+                                                            "kubernetes": _kubernetes_serving}
+
+
+def store_scheme(location: str) -> str:
+    """``gs`` for Cloud Storage URIs, ``file`` for everything else (a folder path or file:// URI)."""
+    return "gs" if location.startswith("gs://") else "file"
+
+
+@dataclass
+class App:
+    """Everything a process of the control plane needs, built once."""
+
+    settings: Settings
+    engine: Engine
+    store: ArtifactStore
+    bus: EventBus
+    intake: Intake
+    _serving: ServingBackend | None = None
+    _controller: Controller | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def serving(self) -> ServingBackend:
+        """The serving backend, started on first use (read-only commands never start one)."""
+        if self._serving is None:
+            self._serving = SERVING[self.settings.serving](self.settings)
+        return self._serving
+
+    @property
+    def controller(self) -> Controller:
+        """The release controller with the real gates and promoter."""
+        if self._controller is None:
+            from release.gates import HttpGateRunner
+            from release.promotion import RoutePromoter
+
+            gates: GateRunner = HttpGateRunner()
+            promoter: Promoter = RoutePromoter(engine=self.engine)
+            cache = self.settings.home.resolve() / "artifacts"
+
+            def local_copy(version: VersionView) -> Path | None:
+                return materialize(self.store, version, cache=cache)
+
+            self._controller = Controller(engine=self.engine, bus=self.bus, serving=self.serving, gates=gates,
+                                          promoter=promoter, materialize=local_copy,
+                                          crash_at=self.settings.fault_crash_at)
+        return self._controller
+
+    def ensure_subscriptions(self) -> None:
+        """The subscriptions the control plane consumes."""
+        self.bus.ensure_subscription(SubscriptionSpec(name=CONTROLLER_SUBSCRIPTION, topic=Topic.MODEL_EVENTS,
+                                                      ack_deadline_s=self.settings.ack_deadline_s,
+                                                      max_attempts=self.settings.max_attempts))
+
+    def close(self) -> None:
+        """Stop local pods and release connections."""
+        if self._serving is not None:
+            self._serving.close()
+        close = getattr(self.bus, "close", None)
+        if callable(close):
+            close()
+        self.engine.dispose()
+
+
+def default_policy(settings: Settings) -> ReleasePolicy:
+    """The policy for models without ``policies/<name>.json``."""
+    return ReleasePolicy.model_validate_json(settings.policy_json) if settings.policy_json else ReleasePolicy()
+
+
+@functools.cache
+def bootstrap(settings: Settings) -> App:
+    """Build the app for ``settings``: logging, migrated store, bucket, bus, intake."""
+    configure_logging(fmt=settings.log_format, level=settings.log_level)
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    store = STORES[store_scheme(settings.bucket_location)](settings)
+    bus = BUSES[settings.bus](settings, engine)
+    intake = Intake(store=store, bus=bus, engine=engine, default_policy=default_policy(settings))
+    return App(settings=settings, engine=engine, store=store, bus=bus, intake=intake)

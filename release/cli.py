@@ -1,0 +1,310 @@
+"""``release``: the one command. Thin: parse arguments, call one service function, print a table or JSON.
+
+Exit codes: 0 success (rejected artifacts included: rejecting them is success), 1 internal failure,
+2 usage error, 3 a refused operation (not found, conflict, invalid transition) with what to do next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from release import journal, registry
+from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
+from release.db import session_scope
+from release.settings import Settings
+from release.worker import Consumer, run_until_idle
+from schemas.errors import ReleaseError
+from schemas.states import VersionState
+
+log = structlog.get_logger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------ output
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return _plain(asdict(value))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return value
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+def _emit(args: argparse.Namespace, payload: Any, render: Callable[[Any], str]) -> None:
+    if args.json:
+        print(json.dumps(_plain(payload), indent=2, sort_keys=True))
+    else:
+        print(render(payload))
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def cmd_models(app: App, args: argparse.Namespace) -> int:
+    """List models."""
+    with session_scope(app.engine) as s:
+        models = registry.list_models(s)
+    _emit(args, models, lambda ms: _table([_plain(m) for m in ms],
+                                          ["name", "versions", "latest", "aliases", "created_at"]))
+    return 0
+
+
+def cmd_versions(app: App, args: argparse.Namespace) -> int:
+    """List the versions of a model."""
+    state = VersionState(args.state) if args.state else None
+    with session_scope(app.engine) as s:
+        versions = registry.list_versions(s, args.name, state=state, limit=args.limit, newest_first=True)
+    rows = [{"version": v.version, "state": v.state, "reason": v.state_reason, "digest": v.digest[:19],
+             "metrics": v.metrics, "created_at": v.created_at} for v in versions]
+    _emit(args, versions, lambda _v: _table(rows, ["version", "state", "reason", "digest", "created_at"]))
+    return 0
+
+
+def cmd_aliases(app: App, args: argparse.Namespace) -> int:
+    """List the aliases of a model."""
+    with session_scope(app.engine) as s:
+        aliases = registry.list_aliases(s, args.name)
+    _emit(args, aliases, lambda a: _table([_plain(x) for x in a], ["name", "version", "revision", "updated_at"]))
+    return 0
+
+
+def cmd_show(app: App, args: argparse.Namespace) -> int:
+    """Show one version: state, manifest summary, gate report, deployment, history."""
+    with session_scope(app.engine) as s:
+        view = registry.resolve(s, args.name, args.version)
+        report = registry.latest_gate_report(s, view.id)
+        deployment = registry.get_deployment(s, view.id)
+        history = [e for e in registry.audit_log(s, model=args.name, limit=500) if e.version == view.version]
+    payload = {"version": view, "gate_report": report,
+               "deployment": deployment.model_dump(mode="json") if deployment else None,
+               "history": [h.model_dump(mode="json") for h in history]}
+
+    def render(_p: Any) -> str:
+        lines = [f"{view.model} {view.version}  state={view.state}  ({view.state_reason or '-'})",
+                 f"  digest     {view.digest}", f"  artifact   {view.artifact_uri}",
+                 f"  format     {view.format}  handler={view.manifest.get('handler')}",
+                 f"  metrics    {_cell(view.metrics)}"]
+        if deployment:
+            lines.append(f"  deployment {deployment.status} on {deployment.backend}: "
+                         f"{', '.join(deployment.endpoints) or '-'}")
+            if deployment.log_excerpt:
+                lines += ["  pod log (last lines):", *("    " + x for x in deployment.log_excerpt.splitlines()[-15:])]
+        if report:
+            lines.append(f"  gates      {'PASSED' if report.get('passed') else 'FAILED'}")
+            for gate in report.get("gates", []):
+                mark = "ok  " if gate.get("passed") else "FAIL"
+                lines.append(f"    {mark} {gate.get('name')}: value={gate.get('value')} "
+                             f"threshold={gate.get('threshold')} {gate.get('detail', '')}".rstrip())
+        lines.append("  history")
+        lines += [f"    {h.at:%Y-%m-%d %H:%M:%S} {h.actor:<12} {h.action:<22} {h.reason}" for h in history[-20:]]
+        return "\n".join(lines)
+
+    _emit(args, payload, render)
+    return 0
+
+
+def cmd_events(app: App, args: argparse.Namespace) -> int:
+    """The event journal, newest last."""
+    with session_scope(app.engine) as s:
+        rows = journal.recent(s, limit=args.limit, model=args.model)
+    events = [r.envelope for r in rows]
+    table = [{"time": r.created_at, "topic": r.topic,
+              "type": r.type.removeprefix("dev.modelrelease.").removesuffix(".v1"), "subject": r.subject,
+              "summary": _summary(r.envelope.get("data", {}))} for r in rows]
+    _emit(args, events, lambda _e: _table(table, ["time", "topic", "type", "subject", "summary"]))
+    return 0
+
+
+def _summary(data: dict[str, Any]) -> str:
+    keys = ("state", "alias", "passed", "reason", "error", "severity", "restored_version")
+    return " ".join(f"{k}={data[k]}" for k in keys if k in data and data[k] not in (None, ""))[:120]
+
+
+def cmd_promote(app: App, args: argparse.Namespace) -> int:
+    """Send a version to PROD by hand (gates skipped), audited."""
+    step = app.controller.promote(args.name, args.version, actor=args.actor, reason=args.reason)
+    if args.wait:
+        _drain(app)
+    _emit(args, step, lambda s: f"{s.model} {s.version}: {s.before} -> {s.after} ({s.note})")
+    return 0
+
+
+def cmd_rollback(app: App, args: argparse.Namespace) -> int:
+    """Put PROD back on its previous version, audited."""
+    step = app.controller.rollback(args.name, actor=args.actor, reason=args.reason)
+    if args.wait:
+        _drain(app)
+    _emit(args, step, lambda s: "nothing to do" if s is None else f"{s.model} {s.version}: {s.before} -> {s.after}")
+    return 0
+
+
+def _drain(app: App) -> int:
+    app.ensure_subscriptions()
+    consumer = Consumer(bus=app.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=app.controller.handle)
+    return run_until_idle([consumer], bus=app.bus)
+
+
+def cmd_run(app: App, args: argparse.Namespace) -> int:
+    """Process everything now in the bucket through the whole flow, then stop the pods and exit."""
+    if not args.until_idle:
+        print("release run needs --until-idle (or use `release up` to keep running)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    app.ensure_subscriptions()
+    try:
+        results = app.intake.reconcile(final=True)
+        for result in results:
+            log.info("intake", artifact=result.artifact, status=result.status, reason=result.reason)
+        controller = app.controller
+        for model, version in controller.resume_all():
+            _guarded(controller.reconcile, model, version)
+        handled = _drain(app)
+        controller.retire_superseded(ignore_grace=True)
+    finally:
+        app.close()
+    with session_scope(app.engine) as s:
+        versions = [v for m in registry.list_models(s) for v in registry.list_versions(s, m.name)]
+        aliases = {m.name: m.aliases for m in registry.list_models(s)}
+    summary = {"artifacts": [_plain(r) for r in results], "events_handled": handled,
+               "versions": [{"model": v.model, "version": v.version, "state": v.state, "reason": v.state_reason}
+                            for v in versions],
+               "aliases": aliases, "seconds": round(time.monotonic() - started, 2)}
+    _emit(args, summary, lambda s: _table(s["versions"], ["model", "version", "state", "reason"])
+          + "\n\n" + _table([{"model": k, "aliases": v} for k, v in s["aliases"].items()], ["model", "aliases"]))
+    return 0
+
+
+def _guarded(step: Callable[[str, str], object], model: str, version: str) -> None:
+    try:
+        step(model, version)
+    except ReleaseError as error:
+        log.warning("resume.failed", error=str(error))
+
+
+def cmd_up(app: App, _args: argparse.Namespace) -> int:
+    """Run the whole stack until stopped: bucket watcher, intake, controller, router and API."""
+    from release.stack import run_stack
+
+    return run_stack(app)
+
+
+def cmd_dead_letters(app: App, args: argparse.Namespace) -> int:
+    """Events that failed every attempt, with their last error; --redrive puts them back."""
+    dead = getattr(app.bus, "dead_letters", None)
+    if dead is None:
+        print("dead letters of the Pub/Sub bus live in its *-dead-letter topics", file=sys.stderr)
+        return 3
+    if args.redrive:
+        count = app.bus.redrive(args.redrive)  # type: ignore[attr-defined]
+        print(f"redriven {count}")
+        return 0
+    rows = [{"subscription": d.subscription, "type": t, "attempts": d.attempts, "error": d.last_error,
+             "at": d.done_at} for d, t in dead()]
+    _emit(args, rows, lambda r: _table(r, ["at", "subscription", "type", "attempts", "error"]))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to generate the CLI table in the README)."""
+    parser = argparse.ArgumentParser(prog="release", description="Event-driven model release system.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func: Callable[[App, argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
+        return p
+
+    command("up", cmd_up, "run the whole stack until stopped")
+    p = command("run", cmd_run, "process everything in the bucket through the whole flow")
+    p.add_argument("--until-idle", action="store_true", help="exit once no work is pending")
+    command("models", cmd_models, "list models")
+    p = command("versions", cmd_versions, "list the versions of a model")
+    p.add_argument("name")
+    p.add_argument("--state", choices=[s.value for s in VersionState])
+    p.add_argument("--limit", type=int, default=None)
+    p = command("aliases", cmd_aliases, "list the aliases of a model")
+    p.add_argument("name")
+    p = command("show", cmd_show, "show one version (a version string or an alias)")
+    p.add_argument("name")
+    p.add_argument("version")
+    p = command("events", cmd_events, "the event journal, newest last")
+    p.add_argument("--model")
+    p.add_argument("--limit", type=int, default=50)
+    for name, func, text in (("promote", cmd_promote, "move PROD to a version by hand (gates skipped)"),
+                             ("rollback", cmd_rollback, "move PROD back to its previous version")):
+        p = command(name, func, text)
+        p.add_argument("name")
+        if name == "promote":
+            p.add_argument("version")
+        p.add_argument("--reason", default="manual")
+        p.add_argument("--actor", default=_whoami())
+        p.add_argument("--wait", action="store_true", help="process the resulting steps before returning")
+    p = command("dead-letters", cmd_dead_letters, "events that failed every attempt")
+    p.add_argument("--redrive", metavar="SUBSCRIPTION")
+    return parser
+
+
+def _whoami() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``release`` command."""
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    try:
+        app = bootstrap(settings)
+        return int(args.func(app, args))
+    except ReleaseError as error:
+        body = error.to_dict()
+        if getattr(args, "json", False):
+            print(json.dumps({"error": body}, indent=2), file=sys.stderr)
+        else:
+            print(f"error: {error.message} [{error.reason}]\n  next: {error.hint}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        return 130
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())

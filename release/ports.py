@@ -1,0 +1,208 @@
+"""The ports: small protocols the core talks to, one per thing we integrate with.
+
+Adapters (``release/adapters``) implement them; ``release/testing.py`` has in-memory fakes that pass the same
+contract tests. The core never imports an adapter, only these protocols.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from sqlmodel import Session
+
+from schemas.events import CloudEvent, Topic
+from schemas.policy import ReleasePolicy
+
+
+# --------------------------------------------------------------------------------------------- storage
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a bucket knows about one object."""
+
+    name: str
+    size: int
+    generation: int
+    md5_hash: str | None = None
+    crc32c: str | None = None
+    updated: str | None = None
+    content_type: str | None = None
+
+
+class ArtifactStore(Protocol):
+    """A bucket of artifacts: a local folder or a Cloud Storage bucket."""
+
+    @property
+    def bucket(self) -> str:
+        """The bucket's name as it appears in storage events."""
+        ...
+
+    @property
+    def uri(self) -> str:
+        """``file:///abs/path`` or ``gs://bucket[/prefix]``."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose name starts with ``prefix``, in name order."""
+        ...
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        """The object's metadata, or None when it does not exist."""
+        ...
+
+    def open(self, name: str, *, generation: int | None = None) -> BinaryIO:
+        """A streamed read. With ``generation``, raise ``TemporaryError(OBJECT_CHANGED)`` if it was overwritten."""
+        ...
+
+    def write(self, name: str, data: bytes, *, content_type: str = "application/json") -> ObjectInfo:
+        """Create or overwrite an object (rejection reports, policies written by tools)."""
+        ...
+
+    def download(self, name: str, dest: Path, *, generation: int | None = None) -> ObjectInfo:
+        """Stream one object to a local file, verifying the checksum the bucket reports."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- bus
+@dataclass(frozen=True)
+class Message:
+    """One delivery of an event to one subscription. ``handle`` is what ack/nack need."""
+
+    event: CloudEvent
+    subscription: str
+    attempt: int
+    handle: str
+
+
+@dataclass(frozen=True)
+class SubscriptionSpec:
+    """A consumer group: at-least-once, redelivered after the deadline, dead-lettered after max_attempts."""
+
+    name: str
+    topic: Topic
+    ack_deadline_s: float = 60.0
+    max_attempts: int = 5
+
+
+class EventBus(Protocol):
+    """Topics and subscriptions with at-least-once delivery. Publishing is transactional (outbox)."""
+
+    def publish(self, event: CloudEvent, *, topic: Topic, session: Session) -> None:
+        """Record ``event`` in the caller's transaction: it is delivered if and only if that transaction commits."""
+        ...
+
+    def ensure_subscription(self, spec: SubscriptionSpec) -> None:
+        """Create the subscription (and its dead-letter topic) when missing; idempotent."""
+        ...
+
+    def pull(self, subscription: str, *, max_messages: int = 10, wait_s: float = 0.0) -> list[Message]:
+        """Lease up to ``max_messages`` deliveries; wait up to ``wait_s`` for the first one."""
+        ...
+
+    def ack(self, message: Message) -> None:
+        """The delivery is done; it will not come again."""
+        ...
+
+    def nack(self, message: Message, *, error: str, delay_s: float = 0.0) -> None:
+        """Redeliver after ``delay_s``, or dead-letter with ``error`` kept once attempts run out."""
+        ...
+
+    def backlog(self, subscription: str) -> int:
+        """Deliveries not yet acked (pending or leased): zero means this consumer is idle."""
+        ...
+
+    def flush(self) -> int:
+        """Hand journalled events to the transport (a no-op for the local bus). Returns how many were sent."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- serving
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What to run for one version: where its artifact is and how to serve it."""
+
+    model: str
+    version: str
+    artifact_uri: str
+    local_path: Path | None = None
+    replicas: int = 1
+    gpu: bool = False
+    allow_handler_code: bool = True
+    max_batch_size: int = 32
+    max_batch_delay_ms: float = 2.0
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    """What a backend sees of one version's pods."""
+
+    model: str
+    version: str
+    ready: bool
+    endpoints: tuple[str, ...] = ()
+    ready_replicas: int = 0
+    replicas: int = 0
+    message: str = ""
+    log_excerpt: str = ""
+
+
+class ServingBackend(Protocol):
+    """Runs a version's serving pods: local processes or Kubernetes Deployments."""
+
+    @property
+    def name(self) -> str:
+        """``local`` or ``kubernetes``: stored with each deployment."""
+        ...
+
+    def deploy(self, spec: DeploymentSpec) -> DeploymentStatus:
+        """Start (or keep) the version's pods. Idempotent; returns at once without waiting for readiness."""
+        ...
+
+    def wait_ready(self, spec: DeploymentSpec, *, timeout_s: float) -> DeploymentStatus:
+        """Block until every replica is ready; ``PermanentError(ROLLOUT_FAILED)`` with a log excerpt if never."""
+        ...
+
+    def status(self, model: str, version: str) -> DeploymentStatus | None:
+        """The pods' status, or None when nothing runs for that version."""
+        ...
+
+    def retire(self, model: str, version: str) -> None:
+        """Stop and remove the version's pods. Idempotent."""
+        ...
+
+    def close(self) -> None:
+        """Release what this backend holds (local pods stop; cluster objects stay)."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- gates, promotion
+@dataclass(frozen=True)
+class Candidate:
+    """A version under evaluation or promotion, with the endpoints that serve it."""
+
+    model: str
+    version: str
+    version_id: int
+    manifest: dict[str, Any]
+    endpoints: tuple[str, ...]
+    local_path: Path | None = None
+
+
+class GateRunner(Protocol):
+    """Evaluates a staged version against its policy's gates, through real requests."""
+
+    def evaluate(self, candidate: Candidate, *, baseline: Candidate | None,
+                 policy: ReleasePolicy) -> dict[str, Any]:
+        """A gate report: ``{"passed": bool, "gates": [...], ...}``. Raises TemporaryError to be retried."""
+        ...
+
+
+class Promoter(Protocol):
+    """Moves traffic to a version that passed its gates: a direct flip, or canary steps watched against budgets."""
+
+    def shift(self, candidate: Candidate, *, stable: Candidate | None, policy: ReleasePolicy) -> dict[str, Any]:
+        """Run the traffic steps. Returns ``{"ok": bool, "steps": [...], "reason": str}``; never moves aliases."""
+        ...

@@ -1,0 +1,414 @@
+"""The model registry: models, versions, aliases, gate reports, deployments and the audit log.
+
+Repository functions take ``*, session`` and never commit: the caller owns the transaction, so a state change,
+its audit entry and its outgoing events land together or not at all. Rows leave as the frozen ``VersionView`` /
+``AliasView`` domain objects, never as live ORM rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from schemas.errors import AliasConflict, InvalidTransition, NotFound, Reason
+from schemas.states import VersionState, can_move
+from schemas.tables import (
+    Alias,
+    AuditEntry,
+    Deployment,
+    GateReportRow,
+    Model,
+    ModelVersion,
+    utcnow,
+)
+
+PROD = "PROD"
+STG = "STG"
+
+
+@dataclass(frozen=True)
+class VersionView:
+    """A registered version as the rest of the system sees it."""
+
+    id: int
+    model: str
+    version: str
+    seq: int
+    state: VersionState
+    state_reason: str
+    intent: str
+    digest: str
+    artifact_uri: str
+    format: str
+    manifest: dict[str, Any]
+    metrics: dict[str, Any]
+    policy: dict[str, Any]
+    revision: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AliasView:
+    """An alias and where it points."""
+
+    model: str
+    name: str
+    version: str | None
+    version_id: int | None
+    revision: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """One row of `release models`."""
+
+    name: str
+    versions: int
+    latest: str | None
+    aliases: dict[str, str | None]
+    created_at: datetime
+
+
+def _view(row: ModelVersion, model: str) -> VersionView:
+    assert row.id is not None
+    return VersionView(id=row.id, model=model, version=row.version, seq=row.seq, state=VersionState(row.state),
+                       state_reason=row.state_reason, intent=row.intent, digest=row.digest,
+                       artifact_uri=row.artifact_uri,
+                       format=row.format, manifest=dict(row.manifest), metrics=dict(row.metrics),
+                       policy=dict(row.policy), revision=row.revision, created_at=row.created_at,
+                       updated_at=row.updated_at)
+
+
+# ----------------------------------------------------------------------------------------------- models
+def _model_row(session: Session, name: str) -> Model:
+    row = session.exec(select(Model).where(Model.name == name)).first()
+    if row is None:
+        raise NotFound(f"model {name!r} is not registered", reason=Reason.MODEL_NOT_FOUND)
+    return row
+
+
+def ensure_model(session: Session, name: str) -> Model:
+    """The model row, created when missing (safe against a concurrent creator)."""
+    row = session.exec(select(Model).where(Model.name == name)).first()
+    if row is not None:
+        return row
+    try:
+        with session.begin_nested():
+            row = Model(name=name)
+            session.add(row)
+    except IntegrityError:
+        row = session.exec(select(Model).where(Model.name == name)).one()
+    return row
+
+
+def list_models(session: Session) -> list[ModelSummary]:
+    """Every model with its version count, newest version and aliases, in name order."""
+    counts = dict(session.exec(
+        select(ModelVersion.model_id, func.count()).group_by(col(ModelVersion.model_id))).all())
+    latest_seq = dict(session.exec(
+        select(ModelVersion.model_id, func.max(ModelVersion.seq)).group_by(col(ModelVersion.model_id))).all())
+    latest_names: dict[int, str] = {}
+    if latest_seq:
+        pairs = session.exec(select(ModelVersion.model_id, ModelVersion.seq, ModelVersion.version)
+                             .where(col(ModelVersion.model_id).in_(list(latest_seq)))
+                             .where(col(ModelVersion.seq).in_(list(set(latest_seq.values()))))).all()
+        latest_names = {mid: ver for mid, seq, ver in pairs if latest_seq.get(mid) == seq}
+    alias_rows = session.exec(
+        select(Alias.model_id, Alias.name, ModelVersion.version)
+        .join(ModelVersion, col(Alias.version_id) == col(ModelVersion.id), isouter=True)).all()
+    aliases: dict[int, dict[str, str | None]] = {}
+    for model_id, alias, version in alias_rows:
+        aliases.setdefault(model_id, {})[alias] = version
+    out = []
+    for row in session.exec(select(Model).order_by(col(Model.name))).all():
+        assert row.id is not None
+        out.append(ModelSummary(name=row.name, versions=counts.get(row.id, 0), latest=latest_names.get(row.id),
+                                aliases=aliases.get(row.id, {}), created_at=row.created_at))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- versions
+@dataclass(frozen=True)
+class Registration:
+    """The outcome of ``register_version``: the version, and whether this call created it."""
+
+    version: VersionView
+    created: bool
+
+
+def register_version(session: Session, *, model: str, version: str, digest: str, artifact_uri: str,
+                     format: str, manifest: dict[str, Any], metrics: dict[str, Any] | None = None,
+                     policy: dict[str, Any] | None = None, actor: str = "intake") -> Registration:
+    """Register ``model/version`` idempotently.
+
+    The same name, version and digest again is a no-op that returns the existing version. The same name and
+    version with another digest raises ``PermanentError(VERSION_CONFLICT)``: versions are immutable.
+    """
+    from schemas.errors import PermanentError
+
+    model_row = ensure_model(session, model)
+    assert model_row.id is not None
+    existing = session.exec(select(ModelVersion).where(ModelVersion.model_id == model_row.id)
+                            .where(ModelVersion.version == version)).first()
+    if existing is not None:
+        if existing.digest == digest:
+            return Registration(_view(existing, model), created=False)
+        raise PermanentError(
+            f"{model} version {version} is already registered with digest {existing.digest[:19]}…; "
+            f"the upload has digest {digest[:19]}…",
+            reason=Reason.VERSION_CONFLICT,
+            hint="Versions are immutable: upload the changed model under a new version.",
+            details={"registered_digest": existing.digest, "uploaded_digest": digest})
+    seq = (session.exec(select(func.max(ModelVersion.seq)).where(ModelVersion.model_id == model_row.id)).one()
+           or 0) + 1
+    row = ModelVersion(model_id=model_row.id, version=version, seq=seq, digest=digest, artifact_uri=artifact_uri,
+                       format=format, manifest=manifest, metrics=dict(metrics or {}), policy=dict(policy or {}))
+    try:
+        with session.begin_nested():
+            session.add(row)
+    except IntegrityError:
+        # A concurrent intake registered it between our read and insert: decide again on what is there now.
+        return register_version(session, model=model, version=version, digest=digest, artifact_uri=artifact_uri,
+                                format=format, manifest=manifest, metrics=metrics, policy=policy, actor=actor)
+    audit(session, actor=actor, action="version.registered", model=model, version=version,
+          details={"digest": digest, "artifact_uri": artifact_uri})
+    return Registration(_view(row, model), created=True)
+
+
+def _version_row(session: Session, model: str, version: str) -> ModelVersion:
+    model_row = _model_row(session, model)
+    row = session.exec(select(ModelVersion).where(ModelVersion.model_id == model_row.id)
+                       .where(ModelVersion.version == version)).first()
+    if row is None:
+        raise NotFound(f"{model} has no version {version!r}", reason=Reason.VERSION_NOT_FOUND)
+    return row
+
+
+def get_version(session: Session, model: str, version: str) -> VersionView:
+    """A version by model name and version string."""
+    return _view(_version_row(session, model, version), model)
+
+
+def get_version_by_id(session: Session, version_id: int) -> VersionView:
+    """A version by its id."""
+    row = session.get(ModelVersion, version_id)
+    if row is None:
+        raise NotFound(f"no version with id {version_id}", reason=Reason.VERSION_NOT_FOUND)
+    model_row = session.get(Model, row.model_id)
+    assert model_row is not None
+    return _view(row, model_row.name)
+
+
+def list_versions(session: Session, model: str, *, state: VersionState | None = None,
+                  limit: int | None = None, offset: int = 0, newest_first: bool = False) -> list[VersionView]:
+    """The versions of a model in registration order, optionally filtered by state and paged."""
+    model_row = _model_row(session, model)
+    query = select(ModelVersion).where(ModelVersion.model_id == model_row.id)
+    if state is not None:
+        query = query.where(ModelVersion.state == state)
+    order = col(ModelVersion.seq).desc() if newest_first else col(ModelVersion.seq)
+    query = query.order_by(order).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return [_view(row, model) for row in session.exec(query).all()]
+
+
+def search_versions(session: Session, *, text: str = "", state: VersionState | None = None,
+                    limit: int = 100) -> list[VersionView]:
+    """Versions across models whose model name or version contains ``text``, newest first."""
+    query = select(ModelVersion, Model.name).join(Model, col(Model.id) == col(ModelVersion.model_id))
+    if text:
+        pattern = f"%{text}%"
+        query = query.where(col(Model.name).like(pattern) | col(ModelVersion.version).like(pattern))
+    if state is not None:
+        query = query.where(ModelVersion.state == state)
+    query = query.order_by(col(ModelVersion.id).desc()).limit(limit)
+    return [_view(row, name) for row, name in session.exec(query).all()]
+
+
+def transition(session: Session, *, model: str, version: str, to: VersionState,
+               expect: VersionState | None = None, reason: str = "") -> tuple[VersionView, VersionState]:
+    """Move a version along an edge of the state machine, guarded by compare-and-swap on its revision.
+
+    Returns the new view and the state it left. Raises ``InvalidTransition`` when the edge does not exist or
+    the version is no longer in ``expect`` (someone else moved it first).
+    """
+    row = _version_row(session, model, version)
+    current = VersionState(row.state)
+    if expect is not None and current is not expect:
+        raise InvalidTransition(f"{model}/{version} is {current}, not {expect}",
+                                details={"state": str(current), "expected": str(expect)})
+    if not can_move(current, to):
+        raise InvalidTransition(f"{model}/{version} cannot move from {current} to {to}",
+                                details={"state": str(current), "target": str(to)})
+    now = utcnow()
+    result = session.execute(
+        update(ModelVersion)
+        .where(col(ModelVersion.id) == row.id, col(ModelVersion.revision) == row.revision)
+        .values(state=to, state_reason=reason, revision=row.revision + 1, updated_at=now)
+        .execution_options(synchronize_session=False))
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        raise InvalidTransition(f"{model}/{version} changed while moving to {to}; re-read and retry")
+    session.expire(row)
+    return get_version(session, model, version), current
+
+
+def set_reference_profile(session: Session, *, model: str, version: str, profile: dict[str, Any]) -> None:
+    """Store the drift baseline computed at registration."""
+    row = _version_row(session, model, version)
+    row.reference_profile = profile
+    session.add(row)
+
+
+def get_reference_profile(session: Session, *, model: str, version: str) -> dict[str, Any] | None:
+    """The stored drift baseline, if any."""
+    return _version_row(session, model, version).reference_profile
+
+
+# ----------------------------------------------------------------------------------------------- aliases
+def _alias_view(row: Alias, model: str, version: str | None) -> AliasView:
+    return AliasView(model=model, name=row.name, version=version, version_id=row.version_id,
+                     revision=row.revision, updated_at=row.updated_at)
+
+
+def get_alias(session: Session, model: str, alias: str) -> AliasView:
+    """Where ``alias`` points; ``NotFound(ALIAS_NOT_FOUND)`` when it was never set."""
+    model_row = _model_row(session, model)
+    row = session.exec(select(Alias).where(Alias.model_id == model_row.id).where(Alias.name == alias)).first()
+    if row is None:
+        raise NotFound(f"{model} has no alias {alias!r}", reason=Reason.ALIAS_NOT_FOUND)
+    version = get_version_by_id(session, row.version_id).version if row.version_id is not None else None
+    return _alias_view(row, model, version)
+
+
+def find_alias(session: Session, model: str, alias: str) -> AliasView | None:
+    """Like ``get_alias`` but None when the model or alias does not exist."""
+    try:
+        return get_alias(session, model, alias)
+    except NotFound:
+        return None
+
+
+def list_aliases(session: Session, model: str) -> list[AliasView]:
+    """Every alias of a model, by name."""
+    model_row = _model_row(session, model)
+    rows = session.exec(select(Alias, ModelVersion.version)
+                        .join(ModelVersion, col(Alias.version_id) == col(ModelVersion.id), isouter=True)
+                        .where(Alias.model_id == model_row.id).order_by(col(Alias.name))).all()
+    return [_alias_view(row, model, version) for row, version in rows]
+
+
+def resolve(session: Session, model: str, ref: str) -> VersionView:
+    """A version by version string or by alias name (an alias wins only when no version has that name)."""
+    try:
+        return get_version(session, model, ref)
+    except NotFound:
+        alias = find_alias(session, model, ref)
+        if alias is None or alias.version_id is None:
+            raise NotFound(f"{model} has no version or alias {ref!r}", reason=Reason.VERSION_NOT_FOUND) from None
+        return get_version_by_id(session, alias.version_id)
+
+
+def move_alias(session: Session, *, model: str, alias: str, version: str | None, expected_revision: int | None,
+               actor: str, reason: str) -> tuple[AliasView, str | None]:
+    """Point ``alias`` at ``version`` (None unsets it) if its revision is still ``expected_revision``.
+
+    ``expected_revision=None`` means "whatever it is now" (for system moves that already hold the version's
+    state lock). Exactly one of two movers with the same expected revision wins; the other gets
+    ``AliasConflict``. Returns the new alias and the version it pointed at before. Audited.
+    """
+    model_row = _model_row(session, model)
+    assert model_row.id is not None
+    target_id = _version_row(session, model, version).id if version is not None else None
+    row = session.exec(select(Alias).where(Alias.model_id == model_row.id).where(Alias.name == alias)).first()
+    if row is None:
+        if expected_revision not in (None, 0):
+            raise AliasConflict(f"{model} alias {alias} does not exist (expected revision {expected_revision})",
+                                details={"expected_revision": expected_revision, "revision": 0})
+        try:
+            with session.begin_nested():
+                row = Alias(model_id=model_row.id, name=alias, version_id=target_id, revision=1)
+                session.add(row)
+        except IntegrityError:
+            raise AliasConflict(f"{model} alias {alias} was created concurrently",
+                                details={"expected_revision": expected_revision}) from None
+        previous = None
+    else:
+        if expected_revision is not None and row.revision != expected_revision:
+            raise AliasConflict(f"{model} alias {alias} is at revision {row.revision}, not {expected_revision}",
+                                details={"expected_revision": expected_revision, "revision": row.revision})
+        previous = get_version_by_id(session, row.version_id).version if row.version_id is not None else None
+        seen = row.revision
+        result = session.execute(
+            update(Alias).where(col(Alias.id) == row.id, col(Alias.revision) == seen)
+            .values(version_id=target_id, revision=seen + 1, updated_at=utcnow())
+            .execution_options(synchronize_session=False))
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            # Lost the race after our read: report the revision the winner left.
+            session.expire(row)
+            now_at = session.exec(select(Alias.revision).where(Alias.id == row.id)).one()
+            raise AliasConflict(f"{model} alias {alias} is at revision {now_at}, not {seen}",
+                                details={"expected_revision": seen, "revision": now_at})
+        session.expire(row)
+    audit(session, actor=actor, action="alias.moved", model=model, alias=alias, from_version=previous,
+          to_version=version, reason=reason)
+    return get_alias(session, model, alias), previous
+
+
+# ----------------------------------------------------------------------------------------------- reports etc.
+def add_gate_report(session: Session, *, version_id: int, passed: bool, report: dict[str, Any]) -> None:
+    """Store one gate report for a version."""
+    session.add(GateReportRow(version_id=version_id, passed=passed, report=report))
+
+
+def latest_gate_report(session: Session, version_id: int) -> dict[str, Any] | None:
+    """The newest gate report of a version."""
+    row = session.exec(select(GateReportRow).where(GateReportRow.version_id == version_id)
+                       .order_by(col(GateReportRow.id).desc())).first()
+    return None if row is None else dict(row.report)
+
+
+def record_deployment(session: Session, *, version_id: int, backend: str, status: str,
+                      endpoints: Sequence[str] = (), log_excerpt: str = "") -> None:
+    """Create or update the deployment row of a version on a backend."""
+    row = session.exec(select(Deployment).where(Deployment.version_id == version_id)
+                       .where(Deployment.backend == backend)).first()
+    if row is None:
+        row = Deployment(version_id=version_id, backend=backend, status=status)
+    row.status = status
+    row.endpoints = list(endpoints)
+    row.log_excerpt = log_excerpt
+    row.updated_at = utcnow()
+    session.add(row)
+
+
+def get_deployment(session: Session, version_id: int) -> Deployment | None:
+    """The newest deployment row of a version."""
+    return session.exec(select(Deployment).where(Deployment.version_id == version_id)
+                        .order_by(col(Deployment.updated_at).desc())).first()
+
+
+def audit(session: Session, *, actor: str, action: str, model: str, version: str | None = None,
+          alias: str | None = None, from_version: str | None = None, to_version: str | None = None,
+          reason: str = "", details: dict[str, Any] | None = None) -> None:
+    """Append to the audit log (there is no update or delete of audit rows anywhere)."""
+    session.add(AuditEntry(actor=actor, action=action, model=model, version=version, alias=alias,
+                           from_version=from_version, to_version=to_version, reason=reason,
+                           details=dict(details or {})))
+
+
+def audit_log(session: Session, *, model: str | None = None, limit: int = 100) -> list[AuditEntry]:
+    """The newest audit entries, newest last."""
+    query = select(AuditEntry)
+    if model is not None:
+        query = query.where(AuditEntry.model == model)
+    rows = session.exec(query.order_by(col(AuditEntry.id).desc()).limit(limit)).all()
+    return list(reversed(rows))

@@ -1,0 +1,53 @@
+"""The one settings object. Everything configurable is a ``RELEASE_*`` variable; nothing else reads the environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings of every process of the control plane. Chosen by environment, never by code edits."""
+
+    model_config = SettingsConfigDict(env_prefix="RELEASE_", extra="ignore", frozen=True)
+
+    home: Path = Field(default=Path(".release"), description="State folder: SQLite DB, pod logs, artifact cache.")
+    bucket: str = Field(default="", description="A local folder path or gs://bucket[/prefix]. Default: HOME/bucket.")
+    db_url: str = Field(default="", description="sqlite:///PATH or postgresql://... Default: SQLite under HOME.")
+    bus: Literal["local", "pubsub"] = Field(default="local", description="Event transport.")
+    gcp_project: str = Field(default="local-project", description="Google Cloud project for Pub/Sub.")
+    serving: Literal["local", "kubernetes"] = Field(default="local", description="Where serving pods run.")
+    host: str = Field(default="127.0.0.1", description="Address the router and management API listen on.")
+    port: int = Field(default=8080, description="Port of the router + management API + dashboard.")
+    api_token: str = Field(default="", description="Bearer token for management API writes; empty = writes refused.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto = console on a terminal, JSON otherwise.")
+    log_level: str = Field(default="INFO", description="Minimum log level.")
+    policy_json: str = Field(default="", description="Default release policy (JSON) for models without one.")
+    poll_interval_s: float = Field(default=0.5, description="How often the local bucket and bus are polled.")
+    reconcile_interval_s: float = Field(default=60.0, description="How often `up` lists the bucket for lost events.")
+    ack_deadline_s: float = Field(default=600.0, description="Lease on a delivery before it is redelivered.")
+    max_attempts: int = Field(default=5, description="Deliveries before an event is dead-lettered.")
+    gpu: Literal["auto", "on", "off"] = Field(default="auto", description="Run local pods on the GPU.")
+    k8s_namespace: str = Field(default="model-release", description="Namespace for Kubernetes serving pods.")
+    k8s_image: str = Field(default="ghcr.io/modelrelease/pod:latest", description="Serving pod image.")
+    storage_emulator_host: str = Field(default="", validation_alias="STORAGE_EMULATOR_HOST",
+                                       description="Google's own variable: a GCS emulator to talk to instead.")
+    pubsub_emulator_host: str = Field(default="", validation_alias="PUBSUB_EMULATOR_HOST",
+                                      description="Google's own variable: a Pub/Sub emulator to talk to instead.")
+    fault_crash_at: str = Field(default="", description="Testing only: SIGKILL the process at this controller step.")
+
+    @property
+    def bucket_location(self) -> str:
+        """The bucket, defaulting to a folder under HOME."""
+        return self.bucket or str((self.home / "bucket").resolve())
+
+    @property
+    def database_url(self) -> str:
+        """The metadata store URL, defaulting to SQLite under HOME."""
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.home / 'release.db').resolve()}"

@@ -1,0 +1,124 @@
+"""Release policy: which gates a version must pass, how it is rolled out, how drift is judged.
+
+A policy lives in the bucket at ``policies/<name>.json`` or comes from the settings; every field has a default
+so that an empty policy ``{}`` is a sensible one.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricGate(_Frozen):
+    """A threshold on a quality metric computed on the manifest's eval set through the staged pods."""
+
+    metric: Annotated[str, Field(pattern=r"^(accuracy|macro_f1|top_\d+|auc|mae|rmse)$")]
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> MetricGate:
+        if self.min is None and self.max is None:
+            raise ValueError(f"gate on {self.metric} needs min or max")
+        return self
+
+
+class RegressionGate(_Frozen):
+    """How far a metric may fall below the current PROD version on the same eval set, in the same run."""
+
+    metric: str
+    max_drop: Annotated[float, Field(ge=0)] = 0.0
+
+
+class LatencyGate(_Frozen):
+    """Latency and error budgets under a short closed-loop load against the staged pods."""
+
+    requests: Annotated[int, Field(ge=1, le=100_000)] = 200
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 4
+    p50_ms: float | None = None
+    p95_ms: float | None = None
+    p99_ms: float | None = 1000.0
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+
+class GatePolicy(_Frozen):
+    """The gates a version must pass to be promoted."""
+
+    metrics: list[MetricGate] = Field(default_factory=lambda: [MetricGate(metric="accuracy", min=0.5)])
+    regression: list[RegressionGate] = Field(
+        default_factory=lambda: [RegressionGate(metric="accuracy", max_drop=0.0)])
+    latency: LatencyGate | None = Field(default_factory=LatencyGate)
+    smoke: bool = True
+    custom: list[str] = Field(default_factory=list)
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
+
+
+class Strategy(StrEnum):
+    """How PROD moves to a version that passed its gates."""
+
+    DIRECT = "direct"
+    CANARY = "canary"
+
+
+class CanaryStep(_Frozen):
+    """Send ``weight`` percent of PROD traffic to the candidate for ``watch_s`` seconds, within budgets."""
+
+    weight: Annotated[int, Field(ge=1, le=100)]
+    watch_s: Annotated[float, Field(ge=0)] = 10.0
+
+
+class RolloutPolicy(_Frozen):
+    """How a version goes live and how the old one leaves."""
+
+    strategy: Strategy = Strategy.DIRECT
+    steps: list[CanaryStep] = Field(
+        default_factory=lambda: [CanaryStep(weight=10), CanaryStep(weight=50), CanaryStep(weight=100)])
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    max_p99_ms: float | None = None
+    min_requests: Annotated[int, Field(ge=0)] = 20
+    grace_period_s: Annotated[float, Field(ge=0)] = 30.0
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    ready_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    allow_handler_code: bool = True
+
+    @model_validator(mode="after")
+    def _ends_at_full(self) -> RolloutPolicy:
+        weights = [s.weight for s in self.steps]
+        if self.strategy is Strategy.CANARY:
+            if not weights or weights[-1] != 100:
+                raise ValueError("canary steps must end at weight 100")
+            if weights != sorted(weights):
+                raise ValueError("canary step weights must not decrease")
+        return self
+
+
+class DriftPolicy(_Frozen):
+    """How drift windows are formed and when they raise alerts."""
+
+    window_size: Annotated[int, Field(ge=10)] = 500
+    window_seconds: Annotated[float, Field(gt=0)] = 300.0
+    min_samples: Annotated[int, Field(ge=1)] = 100
+    psi_warning: float = 0.1
+    psi_critical: float = 0.25
+    js_warning: float = 0.1
+    js_critical: float = 0.2
+    alpha: Annotated[float, Field(gt=0, lt=1)] = 0.01
+    consecutive_windows: Annotated[int, Field(ge=1)] = 2
+    rollback_on_critical: bool = False
+    sample_rate: Annotated[float, Field(ge=0, le=1)] = 1.0
+    webhook_url: str | None = None
+
+
+class ReleasePolicy(_Frozen):
+    """The whole policy of one model."""
+
+    gates: GatePolicy = Field(default_factory=GatePolicy)
+    rollout: RolloutPolicy = Field(default_factory=RolloutPolicy)
+    drift: DriftPolicy = Field(default_factory=DriftPolicy)

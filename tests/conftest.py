@@ -1,0 +1,88 @@
+"""Fixtures shared by every suite: metadata stores on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from release.db import make_engine, migrate
+
+PG_URL = os.environ.get("RELEASE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_available() -> str | None:
+    try:
+        engine = make_engine(PG_URL)
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        engine.dispose()
+    except Exception as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The PostgreSQL server the suite runs against; CI must have it, a laptop may skip."""
+    problem = _postgres_available()
+    if problem is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI but unreachable at {PG_URL}: {problem}")
+        pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {problem}")
+    return PG_URL
+
+
+def _pg_schema_engine(base_url: str) -> Iterator[tuple[Engine, str]]:
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = make_engine(base_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in base_url else "?"
+    url = f"{base_url}{sep}options=-csearch_path%3D{schema}"
+    engine = make_engine(url)
+    try:
+        yield engine, url
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Engine, str]]:
+    """A migrated, empty metadata store: a SQLite file, then a private schema on the real PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'release.db'}"
+        engine = make_engine(url)
+        migrate(engine)
+        yield engine, url
+        engine.dispose()
+    else:
+        base = request.getfixturevalue("postgres_url")
+        gen = _pg_schema_engine(base)
+        engine, url = next(gen)
+        migrate(engine)
+        yield engine, url
+        gen.close()
+
+
+@pytest.fixture
+def engine(db: tuple[Engine, str]) -> Engine:
+    """Just the engine of ``db``."""
+    return db[0]
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """A migrated SQLite store, for tests that are about logic rather than the database."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'release.db'}")
+    migrate(engine)
+    yield engine
+    engine.dispose()

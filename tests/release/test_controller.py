@@ -1,0 +1,189 @@
+"""The release controller: every path of the state machine, idempotence, and convergence after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+
+from release import journal, registry
+from release.db import session_scope
+from release.worker import run_until_idle
+from schemas.errors import InvalidTransition
+from schemas.events import EventType, ModelRegisteredData, Topic, make_event
+from tests.release.controller_harness import build, end_state
+
+
+def _register(engine: Engine, bus, version: str, model: str = "digits") -> None:  # type: ignore[no-untyped-def]
+    with session_scope(engine) as s:
+        outcome = registry.register_version(s, model=model, version=version, digest=f"sha256:{version}",
+                                            artifact_uri=f"file:///b/models/{model}/{version}/",
+                                            format="torchscript", manifest={}, policy={})
+        data = ModelRegisteredData(model=model, version=version, version_id=outcome.version.id,
+                                   digest=f"sha256:{version}", artifact_uri="x", format="torchscript")
+        bus.publish(make_event(EventType.MODEL_REGISTERED, data, event_id=f"reg-{version}"),
+                    topic=Topic.MODEL_EVENTS, session=s)
+
+
+def _types(engine: Engine) -> list[str]:
+    with session_scope(engine) as s:
+        return [r.type.removeprefix("dev.modelrelease.").removesuffix(".v1") for r in journal.recent(s, limit=1000)]
+
+
+def test_good_version_goes_live_and_moves_prod(sqlite_engine: Engine, tmp_path: Path) -> None:
+    """A version that deploys and passes its gates ends LIVE with PROD and STG on it, every step an event."""
+    engine, bus, _controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
+    _register(engine, bus, "1")
+    run_until_idle([consumer], bus=bus)
+    assert end_state(engine) == {"digits": {"versions": {"1": "LIVE"}, "aliases": {"PROD": "1", "STG": "1"}}}
+    types = _types(engine)
+    for expected in ("model.registered", "rollout.ready", "gates.evaluated", "alias.moved",
+                     "version.state_changed"):
+        assert expected in types
+    assert types.count("version.state_changed") == 5
+
+
+def test_failing_gates_reject_and_keep_prod(tmp_path: Path) -> None:
+    """A version that fails its gates is REJECTED, its pods retired, PROD unchanged."""
+    engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}", failing={"2"})
+    _register(engine, bus, "1")
+    run_until_idle([consumer], bus=bus)
+    _register(engine, bus, "2")
+    run_until_idle([consumer], bus=bus)
+    state = end_state(engine)["digits"]
+    assert state["versions"] == {"1": "LIVE", "2": "REJECTED"} and state["aliases"]["PROD"] == "1"
+    assert ("digits", "2") in controller._serving.retired  # type: ignore[attr-defined]
+
+
+def test_pods_that_never_get_ready_end_failed_with_the_log(tmp_path: Path) -> None:
+    """A rollout that never becomes ready ends FAILED, and the deployment keeps the pod log excerpt."""
+    engine, bus, _controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}", broken={"1"})
+    _register(engine, bus, "1")
+    run_until_idle([consumer], bus=bus)
+    with session_scope(engine) as s:
+        view = registry.get_version(s, "digits", "1")
+        deployment = registry.get_deployment(s, view.id)
+    assert view.state == "FAILED" and deployment is not None
+    assert "cannot load model.pt" in deployment.log_excerpt
+    assert "rollout.failed" in _types(engine)
+
+
+def test_aborted_canary_rolls_back_and_prod_stays(tmp_path: Path) -> None:
+    """A canary that breaches its budget ends ROLLED_BACK and PROD never moves."""
+    engine, bus, _controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}", aborting={"2"})
+    _register(engine, bus, "1")
+    _register(engine, bus, "2")
+    run_until_idle([consumer], bus=bus)
+    state = end_state(engine)["digits"]
+    assert state["versions"]["2"] == "ROLLED_BACK" and state["aliases"]["PROD"] == "1"
+    assert "release.rolled_back" in _types(engine)
+
+
+def test_new_prod_supersedes_and_rollback_restores_the_previous(tmp_path: Path) -> None:
+    """Version 2 replaces 1; a rollback puts PROD back on the still-warm 1 and marks 2 ROLLED_BACK, audited."""
+    engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
+    _register(engine, bus, "1")
+    run_until_idle([consumer], bus=bus)
+    _register(engine, bus, "2")
+    run_until_idle([consumer], bus=bus)
+    assert end_state(engine)["digits"]["aliases"]["PROD"] == "2"
+    controller.rollback("digits", actor="oncall", reason="bad outputs")
+    run_until_idle([consumer], bus=bus)
+    state = end_state(engine)["digits"]
+    assert state["aliases"]["PROD"] == "1" and state["versions"]["2"] == "ROLLED_BACK"
+    with session_scope(engine) as s:
+        entries = [(e.actor, e.action) for e in registry.audit_log(s, model="digits")]
+    assert ("oncall", "release.rolled_back") in entries
+
+
+def test_rollback_to_a_retired_version_redeploys_it_before_moving_prod(tmp_path: Path) -> None:
+    """When the previous version's pods are gone it is redeployed without gates, and only then PROD moves."""
+    engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
+    _register(engine, bus, "1")
+    run_until_idle([consumer], bus=bus)
+    _register(engine, bus, "2")
+    run_until_idle([consumer], bus=bus)
+    controller.retire_superseded(ignore_grace=True)
+    assert end_state(engine)["digits"]["versions"]["1"] == "RETIRED"
+    calls = len(controller._gates.calls)  # type: ignore[attr-defined]
+    step = controller.rollback("digits", actor="oncall", reason="drift")
+    assert step is not None and step.after == "DEPLOYING"
+    assert end_state(engine)["digits"]["aliases"]["PROD"] == "2"  # stable until the restore is ready
+    run_until_idle([consumer], bus=bus)
+    state = end_state(engine)["digits"]
+    assert state["aliases"]["PROD"] == "1" and state["versions"] == {"1": "LIVE", "2": "ROLLED_BACK"}
+    assert len(controller._gates.calls) == calls  # type: ignore[attr-defined]
+
+
+def test_manual_promote_of_a_rejected_version_skips_gates(tmp_path: Path) -> None:
+    """`release promote` redeploys a rejected version and moves PROD to it without gates, audited."""
+    engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}", failing={"2"})
+    _register(engine, bus, "1")
+    _register(engine, bus, "2")
+    run_until_idle([consumer], bus=bus)
+    controller.promote("digits", "2", actor="ana", reason="accept the lower score")
+    run_until_idle([consumer], bus=bus)
+    assert end_state(engine)["digits"]["aliases"]["PROD"] == "2"
+
+
+def test_duplicate_and_stale_events_change_nothing(tmp_path: Path) -> None:
+    """Redelivering every event of a finished release leaves the end state and journal length unchanged."""
+    engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
+    _register(engine, bus, "1")
+    run_until_idle([consumer], bus=bus)
+    before, count = end_state(engine), len(_types(engine))
+    with session_scope(engine) as s:
+        events = [journal.to_event(r) for r in journal.recent(s, limit=1000)]
+    for event in events:
+        controller.handle(event)
+    assert end_state(engine) == before and len(_types(engine)) == count
+
+
+def test_promote_while_deploying_says_to_wait(tmp_path: Path) -> None:
+    """Promoting a version that is mid-rollout is refused with a clear error."""
+    engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
+    _register(engine, bus, "1")
+    consumer.drain_once()  # REGISTERED -> DEPLOYING only
+    with pytest.raises(InvalidTransition, match="wait until it settles"):
+        controller.promote("digits", "1", actor="ana", reason="")
+
+
+CRASH_POINTS = [
+    "REGISTERED:before_commit", "REGISTERED:after_commit", "DEPLOYING:deployed", "DEPLOYING:before_commit",
+    "DEPLOYING:after_commit", "STAGED:before_commit", "STAGED:after_commit", "EVALUATING:evaluated",
+    "EVALUATING:before_commit", "EVALUATING:after_commit", "PROMOTING:shifted", "PROMOTING:before_commit",
+    "PROMOTING:after_commit",
+]
+
+
+@pytest.fixture(scope="module")
+def reference_end_state(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The end state of an uninterrupted run, to compare crashed-and-restarted runs against."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('ref') / 'c.db'}"
+    engine, bus, _c, _consumer = build(url)
+    _register(engine, bus, "good")
+    _register(engine, bus, "bad")
+    out = subprocess.run([sys.executable, "-m", "tests.release.controller_harness", url], check=True,
+                         capture_output=True, text=True, timeout=120)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_sigkill_at_any_transition_then_restart_converges(point: str, tmp_path: Path,
+                                                          reference_end_state: dict) -> None:
+    """A controller process SIGKILLed at a transition and started again ends exactly where an uninterrupted one does."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    engine, bus, _c, _consumer = build(url)
+    _register(engine, bus, "good")
+    _register(engine, bus, "bad")
+    crashed = subprocess.run([sys.executable, "-m", "tests.release.controller_harness", url, point],
+                             check=False, capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    restarted = subprocess.run([sys.executable, "-m", "tests.release.controller_harness", url], check=True,
+                               capture_output=True, text=True, timeout=120)
+    assert json.loads(restarted.stdout) == reference_end_state
+    assert reference_end_state["digits"]["versions"] == {"good": "LIVE", "bad": "REJECTED"}
