@@ -61,9 +61,11 @@ def _local_serving(settings: Settings) -> ServingBackend:
 
 
 def _kubernetes_serving(settings: Settings) -> ServingBackend:
+    from release.adapters.k8s_manifests import ServingOptions
     from release.adapters.kubernetes_serving import KubernetesServingBackend
 
-    return KubernetesServingBackend(namespace=settings.k8s_namespace, image=settings.k8s_image)
+    return KubernetesServingBackend(namespace=settings.k8s_namespace,
+                                    options=ServingOptions(image=settings.k8s_image))
 
 
 STORES: dict[str, Callable[[Settings], ArtifactStore]] = {"gs": _gcs_store, "file": _folder_store}

@@ -19,6 +19,7 @@ import structlog
 
 from release import journal, registry
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
+from release.cli_monitoring import register as register_monitoring
 from release.db import session_scope
 from release.settings import Settings
 from release.worker import Consumer, run_until_idle
@@ -274,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--wait", action="store_true", help="process the resulting steps before returning")
     p = command("dead-letters", cmd_dead_letters, "events that failed every attempt")
     p.add_argument("--redrive", metavar="SUBSCRIPTION")
+    register_monitoring(sub, command)
     return parser
 
 

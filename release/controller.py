@@ -186,6 +186,8 @@ class Controller:
             why = str(outcome.get("reason", "canary failed"))
             data = RolledBackData(model=view.model, version=view.version,
                                   restored_version=stable.version if stable else None, actor=SYSTEM, reason=why)
+            with session_scope(self._engine) as session:
+                registry.set_route_weight(session, model=view.model, version=view.version, weight=0)
             step = self._move(view, S.ROLLED_BACK, reason=f"canary aborted: {why}",
                               extra=[make_event(EventType.RELEASE_ROLLED_BACK, data,
                                                 event_id=f"rolled-back-{view.id}-{view.revision}")],
@@ -197,6 +199,7 @@ class Controller:
         def flip(session: Session) -> list[CloudEvent]:
             events = [self._alias_event(session, view, PROD, expected_revision=expected,
                                         reason=view.state_reason or "gates passed")]
+            registry.clear_routes(session, view.model)  # the canary's route becomes PROD itself
             displaced = prod.version if prod is not None else None
             if view.intent == "restore" and displaced and displaced != view.version:
                 events += self._displace(session, view.model, displaced, to=S.ROLLED_BACK,
@@ -416,7 +419,7 @@ class Controller:
                 deployment = registry.get_deployment(session, view.id)
                 endpoints = tuple(deployment.endpoints) if deployment else ()
         return Candidate(model=view.model, version=view.version, version_id=view.id, manifest=view.manifest,
-                         endpoints=endpoints)
+                         endpoints=endpoints, local_path=self._materialize(view))
 
     def _prod_candidate(self, model: str, *, exclude: int) -> Candidate | None:
         with session_scope(self._engine) as session:

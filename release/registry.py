@@ -25,6 +25,7 @@ from schemas.tables import (
     GateReportRow,
     Model,
     ModelVersion,
+    RouteWeight,
     utcnow,
 )
 
@@ -412,3 +413,29 @@ def audit_log(session: Session, *, model: str | None = None, limit: int = 100) -
         query = query.where(AuditEntry.model == model)
     rows = session.exec(query.order_by(col(AuditEntry.id).desc()).limit(limit)).all()
     return list(reversed(rows))
+
+
+# ----------------------------------------------------------------------------------------------- routes
+def set_route_weight(session: Session, *, model: str, version: str, weight: int) -> None:
+    """Send ``weight`` percent of the model's PROD traffic to ``version``; 0 removes the route."""
+    row = session.exec(select(RouteWeight).where(RouteWeight.model == model)
+                       .where(RouteWeight.version == version)).first()
+    if weight <= 0:
+        if row is not None:
+            session.delete(row)
+        return
+    row = row or RouteWeight(model=model, version=version)
+    row.weight = min(100, weight)
+    row.updated_at = utcnow()
+    session.add(row)
+
+
+def route_weights(session: Session, model: str) -> dict[str, int]:
+    """Canary weights of a model by version."""
+    return {r.version: r.weight for r in session.exec(select(RouteWeight).where(RouteWeight.model == model)).all()}
+
+
+def clear_routes(session: Session, model: str) -> None:
+    """Drop every canary route of a model (PROD takes all traffic again)."""
+    for row in session.exec(select(RouteWeight).where(RouteWeight.model == model)).all():
+        session.delete(row)

@@ -220,3 +220,81 @@ class ProcessedEvent(SQLModel, table=True):
     consumer: str = Field(primary_key=True, max_length=64)
     event_id: str = Field(primary_key=True, max_length=64)
     at: datetime = _ts()
+
+
+class RouteWeight(SQLModel, table=True):
+    """Share of a model's PROD traffic the router sends to a canary version (0-100)."""
+
+    __tablename__ = "route_weight"
+    __table_args__ = (sa.UniqueConstraint("model", "version", name="uq_route_weight"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(max_length=63, index=True)
+    version: str = Field(max_length=64)
+    weight: int = 0
+    updated_at: datetime = _ts()
+
+
+class DriftAlertStateRow(SQLModel, table=True):
+    """The drift monitor's alert state of one model version (``monitoring.alerts.AlertState``), kept across restarts."""
+
+    __tablename__ = "drift_alert_state"
+    __table_args__ = (sa.UniqueConstraint("model", "version", name="uq_drift_alert_state"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(max_length=63, index=True)
+    version: str = Field(max_length=64)
+    severity: str = Field(default="none", max_length=16)
+    alert_id: str | None = Field(default=None, max_length=160)
+    state: dict[str, Any] = _json()
+    updated_at: datetime = _ts()
+
+
+class DriftMeasurementRow(SQLModel, table=True):
+    """One measured drift window of one model version (``schemas.predictions.DriftMeasurement``)."""
+
+    __tablename__ = "drift_measurement"
+    __table_args__ = (sa.UniqueConstraint("model", "version", "window_index", name="uq_drift_measurement"),
+                      sa.Index("ix_drift_measurement_model_id", "model", "id"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(max_length=63)
+    version: str = Field(max_length=64)
+    window_index: int
+    severity: str | None = Field(default=None, max_length=16,
+                                 description="the window's own verdict; None when too few samples to judge")
+    samples: int = 0
+    window_start: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    window_end: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    measurement: dict[str, Any] = _json()
+    created_at: datetime = _ts()
+
+
+class PredictionLogRow(SQLModel, table=True):
+    """A logged prediction's request id and output, kept for a bounded time so feedback can be joined to it."""
+
+    __tablename__ = "prediction_log"
+    __table_args__ = (sa.UniqueConstraint("model", "request_id", name="uq_prediction_log"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(max_length=63)
+    version: str = Field(max_length=64)
+    request_id: str = Field(max_length=128)
+    predicted_class: int | None = None
+    predicted_value: float | None = None
+    received_at: datetime = Field(sa_type=UTCDateTime, nullable=False, index=True)
+
+
+class FeedbackRow(SQLModel, table=True):
+    """Ground truth for one served request: a class label or a numeric value, with who reported it."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (sa.UniqueConstraint("model", "request_id", name="uq_feedback"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(max_length=63, index=True)
+    request_id: str = Field(max_length=128)
+    label: str | None = Field(default=None, max_length=256)
+    value: float | None = None
+    actor: str = Field(max_length=128)
+    at: datetime = _ts()

@@ -42,7 +42,8 @@ def file_hashes(path: Path) -> tuple[str, str, str]:
     """(md5 base64, crc32c base64, sha256 hex) of a file, in one streamed pass."""
     md5 = hashlib.md5()  # noqa: S324  (Cloud Storage's md5Hash field, not a security check)
     sha = hashlib.sha256()
-    crc = google_crc32c.Checksum()  # type: ignore[no-untyped-call]  (the package ships no annotations)
+    # google_crc32c ships no annotations, hence the ignores on its calls.
+    crc = google_crc32c.Checksum()  # type: ignore[no-untyped-call]
     with path.open("rb") as handle:
         while chunk := handle.read(_CHUNK):
             md5.update(chunk)

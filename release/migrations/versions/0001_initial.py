@@ -1,7 +1,7 @@
 """initial
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-29 21:41:31.749082
 """
 
@@ -12,7 +12,6 @@ import sqlmodel
 from alembic import op
 
 import schemas.tables
-
 
 revision = '0001'
 down_revision = None

@@ -1,0 +1,299 @@
+"""GPU serving overhead: served throughput at saturation vs raw batched forward, and batch-1 latency overhead.
+
+Two models with random weights, defined here (no torchvision): a ResNet-50 (fp16, channels_last, 224x224) and a
+BERT-base-sized classifier (12 layers, d=768, 12 heads, sequence length 128). For each, in the same run on the
+same GPU: raw forward throughput at the serving batch size and raw batch-1 latency, then the same TorchScript
+model behind our pod server (OIP binary tensors over loopback HTTP, closed-loop clients) at saturation and at
+concurrency 1. Prints a JSON summary and writes it to $OUT/gpu_bench.json when OUT is set.
+
+    python bench/serving/gpu_bench.py            # on a GPU machine, under 5 minutes
+    python bench/serving/gpu_bench.py --smoke    # tiny sizes on the CPU, to check the script itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+# ------------------------------------------------------------------------------------------ models
+class Bottleneck(nn.Module):
+    """ResNet bottleneck block (1x1, 3x3, 1x1) with a projection shortcut when the shape changes."""
+
+    def __init__(self, channels_in: int, width: int, stride: int):
+        super().__init__()
+        out = width * 4
+        self.body = nn.Sequential(
+            nn.Conv2d(channels_in, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True), nn.Conv2d(width, out, 1, bias=False), nn.BatchNorm2d(out))
+        self.shortcut = (nn.Identity() if stride == 1 and channels_in == out else
+                         nn.Sequential(nn.Conv2d(channels_in, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out)))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """ResNet-50 with ``blocks=(3, 4, 6, 3)`` and ``base=64``; smaller for the smoke run."""
+
+    def __init__(self, *, blocks: tuple[int, ...] = (3, 4, 6, 3), base: int = 64, classes: int = 1000):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, base, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(base),
+                                   nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1)]
+        channels = base
+        for stage, count in enumerate(blocks):
+            width = base * 2 ** stage
+            for index in range(count):
+                layers.append(Bottleneck(channels, width, 2 if index == 0 and stage > 0 else 1))
+                channels = width * 4
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+class BertClassifier(nn.Module):
+    """BERT-base-sized encoder (token + position embeddings, post-norm layers) with a [CLS] classification head."""
+
+    def __init__(self, *, vocab: int = 30522, d: int = 768, heads: int = 12, layers: int = 12, seq: int = 128,
+                 classes: int = 2):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, d)
+        self.positions = nn.Parameter(torch.zeros(1, seq, d))
+        layer = nn.TransformerEncoderLayer(d, heads, dim_feedforward=4 * d, batch_first=True, activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(self.tokens(ids) + self.positions[:, :ids.shape[1]])
+        return self.head(hidden[:, 0])
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model to measure."""
+
+    name: str
+    module: nn.Module
+    example: torch.Tensor       # one item (no batch dimension), in the dtype clients send
+    datatype: str               # OIP datatype of the input
+    batch: int
+    extra_args: tuple[str, ...]
+
+
+def cases(*, smoke: bool, dtype: torch.dtype) -> list[Case]:
+    """ResNet-50 and BERT-base, or tiny stand-ins for the smoke run."""
+    torch.manual_seed(0)
+    image = 32 if smoke else 224
+    seq = 16 if smoke else 128
+    resnet = ResNet(blocks=(1, 1, 1, 1), base=8, classes=10) if smoke else ResNet()
+    bert = BertClassifier(vocab=1000, d=64, heads=2, layers=2, seq=seq) if smoke else BertClassifier(seq=seq)
+    half = "FP16" if dtype == torch.float16 else "FP32"
+    precision = ("--dtype", "fp16" if dtype == torch.float16 else "fp32")
+    return [
+        Case("resnet50", resnet.eval(), torch.rand(3, image, image).to(dtype), half, 8 if smoke else 64,
+             (*precision, "--channels-last")),
+        Case("bert-base", bert.eval(), torch.randint(0, 1000, (seq,)), "INT64", 8 if smoke else 64, precision),
+    ]
+
+
+# ------------------------------------------------------------------------------------------ raw forward
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def raw_forward(case: Case, *, device: torch.device, dtype: torch.dtype, seconds: float) -> dict[str, float]:
+    """Items/s at the serving batch size and p50 batch-1 latency, model placed exactly as the pod places it."""
+    module = case.module.to(device=device, dtype=dtype)
+    channels_last = "--channels-last" in case.extra_args
+
+    def make(n: int) -> torch.Tensor:
+        x = case.example.unsqueeze(0).expand(n, *case.example.shape).contiguous().to(device)
+        if x.is_floating_point():
+            x = x.to(dtype)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        batch, single = make(case.batch), make(1)
+        for _ in range(3):
+            module(batch)
+            module(single)
+        synchronize(device)
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            module(batch)
+            count += 1
+            if count % 4 == 0:
+                synchronize(device)
+        synchronize(device)
+        throughput = count * case.batch / (time.perf_counter() - started)
+        latencies = []
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            began = time.perf_counter()
+            module(single)
+            synchronize(device)
+            latencies.append(time.perf_counter() - began)
+    case.module.to(device="cpu", dtype=torch.float32)
+    return {"items_per_s": throughput, "batch1_p50_ms": statistics.median(latencies) * 1000}
+
+
+# ------------------------------------------------------------------------------------------ served
+def free_port() -> int:
+    """A free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def model_dir(case: Case, folder: Path) -> Path:
+    """The case's model as a TorchScript model directory for the pod server."""
+    target = folder / case.name
+    target.mkdir()
+    example = case.example.unsqueeze(0).float() if case.example.is_floating_point() else case.example.unsqueeze(0)
+    traced = torch.jit.trace(case.module.float().eval(), example)
+    torch.jit.save(traced, str(target / "model.pt"))
+    data = (target / "model.pt").read_bytes()
+    manifest = {"name": case.name, "version": "1", "format": "torchscript", "handler": "tabular",
+                "files": {"model.pt": {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}},
+                "inputs": [{"name": "input", "datatype": case.datatype, "shape": [-1, *case.example.shape]}],
+                "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, -1]}]}
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def binary_body(case: Case) -> tuple[bytes, dict[str, str]]:
+    """One-item OIP request with the tensor in the binary extension (no JSON number parsing)."""
+    raw = case.example.unsqueeze(0).contiguous().numpy().tobytes()
+    header = json.dumps({"inputs": [{"name": "input", "datatype": case.datatype,
+                                     "shape": [1, *case.example.shape],
+                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header)),
+                          "Content-Type": "application/octet-stream"}
+
+
+async def closed_loop(url: str, body: bytes, headers: dict[str, str], *, concurrency: int,
+                      seconds: float) -> dict[str, float]:
+    """Closed-loop load on loopback: answers per second and p50 latency (bounded by time)."""
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        warm_until = time.perf_counter() + 1.0
+        stop_at = warm_until + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while (sent := time.perf_counter()) < stop_at:
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    ok = response.status == 200
+                if sent >= warm_until:
+                    if ok:
+                        latencies.append(time.perf_counter() - sent)
+                    else:
+                        errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"items_per_s": len(latencies) / seconds, "p50_ms": statistics.median(latencies) * 1000 if latencies
+            else float("nan"), "errors": errors}
+
+
+def served(case: Case, folder: Path, *, device: str, seconds: float, concurrency: int) -> dict[str, Any]:
+    """Start a pod for the case, measure saturation and concurrency-1 latency, stop it."""
+    port = free_port()
+    log_path = folder / f"{case.name}.log"
+    command = [sys.executable, "-m", "handlers.server", "--artifact", str(model_dir(case, folder)), "--host",
+               "127.0.0.1", "--port", str(port), "--device", device, "--max-batch-size", str(case.batch),
+               "--max-batch-delay-ms", "2", "--queue-size", "4096", "--log-format", "json", *case.extra_args]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pod for {case.name} did not start:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        body, headers = binary_body(case)
+        url = f"{base}/v2/models/{case.name}/infer"
+        check = httpx.post(url, content=body, headers=headers, timeout=60)
+        if check.status_code != 200:
+            raise RuntimeError(f"{case.name}: {check.status_code} {check.text}")
+        saturated = asyncio.run(closed_loop(url, body, headers, concurrency=concurrency, seconds=seconds))
+        single = asyncio.run(closed_loop(url, body, headers, concurrency=1, seconds=seconds))
+        batches = [line for line in httpx.get(f"{base}/metrics").text.splitlines()
+                   if line.startswith("pod_batch_size_") and not line.startswith("pod_batch_size_bucket")]
+        return {"saturated": saturated, "concurrency_1": single, "batch_metrics": batches}
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def main() -> None:
+    """Measure every case and print (and save) the JSON summary."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU")
+    parser.add_argument("--seconds", type=float, default=None, help="measuring time per point")
+    parser.add_argument("--concurrency", type=int, default=None, help="clients at saturation")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    seconds = args.seconds or (2.0 if args.smoke else 10.0)
+    concurrency = args.concurrency or (16 if args.smoke else 128)
+    summary: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                               "torch": torch.__version__, "dtype": str(dtype), "smoke": args.smoke,
+                               "date": time.strftime("%Y-%m-%d"), "concurrency": concurrency, "models": {}}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
+        for case in cases(smoke=args.smoke, dtype=dtype):
+            raw = raw_forward(case, device=device, dtype=dtype, seconds=seconds / 2)
+            pod = served(case, Path(tmp), device=device.type, seconds=seconds, concurrency=concurrency)
+            summary["models"][case.name] = {
+                "batch": case.batch, "raw": raw, "served": pod,
+                "throughput_ratio": pod["saturated"]["items_per_s"] / raw["items_per_s"],
+                "batch1_overhead_ms": pod["concurrency_1"]["p50_ms"] - raw["batch1_p50_ms"],
+            }
+    summary["wall_s"] = round(time.perf_counter() - started, 1)
+    text = json.dumps(summary, indent=1)
+    print(text)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu_bench.json").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The pod's HTTP layer (Starlette): routes translate HTTP to data-plane calls and errors to status codes.
+
+Open Inference Protocol v2 (health, metadata, infer, with optional ``/versions/{v}``), TorchServe's ``/ping``
+and ``/predictions/{m}[/{v}]`` (plus a ``/predict`` alias), and Prometheus ``/metrics``. Every response carries
+``X-Request-ID`` (echoed or generated) and ``X-Model-Version``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from handlers.base import InferenceRequest, InferenceResult
+from handlers.dataplane import ModelRuntime
+from handlers.http_errors import error_body, http_status, retry_after
+from handlers.wire import (
+    JSON_OPTIONS,
+    decode_infer,
+    decode_predictions,
+    infer_response,
+    predictions_response,
+    read_body,
+)
+from schemas.errors import NotFound, PermanentError, Reason, ReleaseError, TemporaryError
+
+log = structlog.get_logger("handlers.app")
+Endpoint = Callable[[Request, str], Awaitable[Response]]
+
+
+def json_response(body: Any, *, status: int = 200) -> Response:
+    """A JSON response written by orjson."""
+    return Response(orjson.dumps(body, option=JSON_OPTIONS), status_code=status, media_type="application/json")
+
+
+class PodApi:
+    """The routes of one pod, bound to its runtime."""
+
+    def __init__(self, runtime: ModelRuntime):
+        self.runtime = runtime
+        self.metrics = runtime.metrics
+        self._idle: asyncio.Event | None = None
+
+    # ------------------------------------------------------------------------------------------ plumbing
+    def _error_response(self, error: ReleaseError) -> Response:
+        response = json_response(error_body(error), status=http_status(error))
+        after = retry_after(error)
+        if after is not None:
+            response.headers["retry-after"] = after
+        return response
+
+    def endpoint(self, name: str, handler: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        """Wrap a route: request id, error table, version header, request count and latency."""
+        requests = self.metrics.requests
+        latency = self.metrics.latency.labels(name)
+        version = self.runtime.version
+
+        async def route(request: Request) -> Response:
+            started = time.perf_counter()
+            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+            try:
+                response = await handler(request, request_id)
+            except ReleaseError as e:
+                response = self._error_response(e)
+            except Exception as e:
+                log.exception("request.failed", endpoint=name, request_id=request_id)
+                response = self._error_response(PermanentError(f"internal error: {type(e).__name__}",
+                                                               reason=Reason.INTERNAL))
+            response.headers["x-request-id"] = request_id
+            response.headers["x-model-version"] = version
+            requests.labels(name, str(response.status_code)).inc()
+            latency.observe(time.perf_counter() - started)
+            return response
+
+        return route
+
+    def _check_model(self, request: Request) -> None:
+        model = request.path_params["model"]
+        if model != self.runtime.name:
+            raise NotFound(f"this pod serves {self.runtime.name!r}, not {model!r}", reason=Reason.MODEL_NOT_FOUND)
+        version = request.path_params.get("version")
+        if version is not None and version != self.runtime.version:
+            raise NotFound(f"this pod serves version {self.runtime.version!r} of {model!r}, not {version!r}",
+                           reason=Reason.VERSION_NOT_FOUND)
+
+    def _check_accepting(self) -> None:
+        if self.runtime.draining or not self.runtime.ready:
+            raise TemporaryError("the model server is not ready (starting or draining)", reason=Reason.NOT_READY,
+                                 delay=1.0)
+
+    async def _run(self, request: Request, decode: Callable[[bytes], InferenceRequest]) -> InferenceResult:
+        self._check_model(request)
+        self._check_accepting()
+        runtime = self.runtime
+        batcher = runtime.batcher
+        runtime.in_flight += 1
+        self.metrics.in_flight.inc()
+        batcher.arriving += 1
+        arriving = True
+        try:
+            body = await read_body(request, limit=runtime.settings.max_body_bytes)
+            decoded = decode(body)
+            batcher.arriving -= 1
+            arriving = False
+            return await batcher.infer(decoded, timeout_s=runtime.settings.request_timeout_s)
+        finally:
+            if arriving:
+                batcher.arriving -= 1
+            runtime.in_flight -= 1
+            self.metrics.in_flight.dec()
+            if runtime.in_flight == 0 and self._idle is not None:
+                self._idle.set()
+
+    # ------------------------------------------------------------------------------------------ routes
+    async def live(self, request: Request, request_id: str) -> Response:
+        """Liveness: the process answers."""
+        return json_response({"live": True})
+
+    async def ready(self, request: Request, request_id: str) -> Response:
+        """Readiness: loaded, warmed up and not draining."""
+        ready = self.runtime.ready and not self.runtime.draining
+        return json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def server_metadata(self, request: Request, request_id: str) -> Response:
+        """OIP server metadata."""
+        return json_response({"name": "handlers.server", "version": "1", "extensions": []})
+
+    async def model_metadata(self, request: Request, request_id: str) -> Response:
+        """OIP model metadata: name, versions, platform, inputs and outputs."""
+        self._check_model(request)
+        return json_response(self.runtime.metadata())
+
+    async def model_ready(self, request: Request, request_id: str) -> Response:
+        """OIP model readiness."""
+        self._check_model(request)
+        ready = self.runtime.ready and not self.runtime.draining
+        return json_response({"name": self.runtime.name, "ready": ready}, status=200 if ready else 503)
+
+    async def infer(self, request: Request, request_id: str) -> Response:
+        """OIP infer."""
+        specs = self.runtime.input_specs
+        headers = request.headers
+        holder: list[str] = []
+
+        def decode(body: bytes) -> InferenceRequest:
+            decoded = decode_infer(body, specs=specs, request_id=request_id, headers=headers)
+            holder.append(decoded.id)
+            return decoded
+
+        result = await self._run(request, decode)
+        body = infer_response(result, model=self.runtime.name, version=self.runtime.version, request_id=holder[0])
+        return Response(body, media_type="application/json")
+
+    async def predictions(self, request: Request, request_id: str) -> Response:
+        """TorchServe-style prediction: JSON or raw bytes in, the handler's answer out."""
+        specs = self.runtime.input_specs
+        headers = request.headers
+        content_type = headers.get("content-type", "")
+
+        def decode(body: bytes) -> InferenceRequest:
+            return decode_predictions(body, content_type=content_type, specs=specs, request_id=request_id,
+                                      headers=headers)
+
+        result = await self._run(request, decode)
+        body, media_type = predictions_response(result)
+        return Response(body, status_code=result.status or 200, media_type=media_type)
+
+    async def ping(self, request: Request, request_id: str) -> Response:
+        """TorchServe's health check."""
+        ready = self.runtime.ready and not self.runtime.draining
+        return json_response({"status": "Healthy" if ready else "Unhealthy"}, status=200 if ready else 503)
+
+    async def prometheus(self, request: Request, request_id: str) -> Response:
+        """Prometheus text exposition of the pod's registry."""
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def begin_drain(self) -> asyncio.Event:
+        """Stop admitting work; the event is set once no inference request is in flight."""
+        self.runtime.draining = True
+        self._idle = asyncio.Event()
+        if self.runtime.in_flight == 0:
+            self._idle.set()
+        return self._idle
+
+    def routes(self) -> list[Route]:
+        """Every route of the pod."""
+        table: list[tuple[str, str, Endpoint, list[str]]] = [
+            ("/v2/health/live", "health", self.live, ["GET"]),
+            ("/v2/health/ready", "health", self.ready, ["GET"]),
+            ("/v2", "metadata", self.server_metadata, ["GET"]),
+            ("/v2/models/{model}", "metadata", self.model_metadata, ["GET"]),
+            ("/v2/models/{model}/versions/{version}", "metadata", self.model_metadata, ["GET"]),
+            ("/v2/models/{model}/ready", "health", self.model_ready, ["GET"]),
+            ("/v2/models/{model}/versions/{version}/ready", "health", self.model_ready, ["GET"]),
+            ("/v2/models/{model}/infer", "infer", self.infer, ["POST"]),
+            ("/v2/models/{model}/versions/{version}/infer", "infer", self.infer, ["POST"]),
+            ("/ping", "health", self.ping, ["GET", "POST"]),
+            ("/predictions/{model}", "predictions", self.predictions, ["POST", "PUT"]),
+            ("/predictions/{model}/{version}", "predictions", self.predictions, ["POST", "PUT"]),
+            ("/predict/{model}", "predictions", self.predictions, ["POST", "PUT"]),
+            ("/predict/{model}/{version}", "predictions", self.predictions, ["POST", "PUT"]),
+            ("/metrics", "metrics", self.prometheus, ["GET"]),
+        ]
+        return [Route(path, self.endpoint(name, handler), methods=methods) for path, name, handler, methods in table]
+
+
+def create_app(api: PodApi) -> Starlette:
+    """The Starlette app; its lifespan starts the batch worker and marks the pod ready."""
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        api.runtime.batcher.start(asyncio.get_running_loop())
+        api.runtime.ready = True
+        yield
+
+    return Starlette(routes=api.routes(), lifespan=lifespan)

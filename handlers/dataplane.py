@@ -1,0 +1,132 @@
+"""The data plane: one loaded model behind a batcher, with readiness and draining. No HTTP here.
+
+``load_runtime`` verifies the artifact, builds its handler (built-in or shipped code), warms it up and only then
+lets the pod report ready. ``run_batch`` is what the batch worker calls: a failing batch is re-run request by
+request so one bad request fails alone, and every error comes back as a ``ReleaseError`` for its request.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+
+from handlers.artifact import VerifiedArtifact, open_artifact
+from handlers.base import Handler, HandlerContext, InferenceRequest, InferenceResult
+from handlers.batching import Batcher
+from handlers.builtin import BUILTIN_HANDLERS
+from handlers.metrics import PodMetrics, create_metrics
+from handlers.runner import pick_device
+from handlers.settings import PodSettings
+from handlers.user_code import load_user_handler
+from schemas.errors import ArtifactRejected, PermanentError, Reason, ReleaseError
+from schemas.manifest import TensorSpec
+
+log = structlog.get_logger("handlers.dataplane")
+
+
+def _as_error(exc: Exception) -> ReleaseError:
+    if isinstance(exc, ReleaseError):
+        return exc
+    return PermanentError(f"the handler failed: {type(exc).__name__}: {exc}", reason=Reason.HANDLER_ERROR)
+
+
+@dataclass(kw_only=True)
+class ModelRuntime:
+    """A served model: its identity, handler, batcher and lifecycle flags."""
+
+    artifact: VerifiedArtifact
+    handler: Handler
+    device: torch.device
+    settings: PodSettings
+    metrics: PodMetrics
+    batcher: Batcher = field(init=False)
+    ready: bool = False
+    draining: bool = False
+    in_flight: int = 0
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(self.run_batch, max_batch_size=self.settings.max_batch_size,
+                               max_batch_delay_s=self.settings.max_batch_delay_ms / 1000.0,
+                               queue_size=self.settings.queue_size, metrics=self.metrics)
+
+    @property
+    def name(self) -> str:
+        """The name the model is served under."""
+        return self.artifact.name
+
+    @property
+    def version(self) -> str:
+        """The version the model is served as."""
+        return self.artifact.version
+
+    @property
+    def input_specs(self) -> list[TensorSpec] | None:
+        """The declared inputs, or None for a ``.mar`` (its handler decides)."""
+        return list(self.artifact.manifest.inputs) if self.artifact.manifest is not None else None
+
+    def run_batch(self, batch: Sequence[InferenceRequest]) -> list[InferenceResult | ReleaseError]:
+        """Run a batch; on failure, run its requests one by one so only the bad ones fail."""
+        try:
+            return list(self.handler.handle(batch))
+        except Exception as exc:
+            if len(batch) == 1:
+                error = _as_error(exc)
+                if error.reason is Reason.HANDLER_ERROR:
+                    log.exception("handler.failed", request_id=batch[0].id, model=self.name)
+                return [error]
+        return [result for request in batch for result in self.run_batch([request])]
+
+    def metadata(self) -> dict[str, Any]:
+        """OIP model metadata."""
+        manifest = self.artifact.manifest
+        platform = f"pytorch_{manifest.format}" if manifest is not None else "pytorch_mar"
+        body: dict[str, Any] = {"name": self.name, "versions": [self.version], "platform": platform,
+                                "inputs": [], "outputs": []}
+        if manifest is not None:
+            body["inputs"] = [spec.model_dump(mode="json") for spec in manifest.inputs]
+            body["outputs"] = [spec.model_dump(mode="json") for spec in manifest.outputs]
+            body["handler"] = manifest.handler
+        elif self.artifact.mar is not None:
+            body["handler"] = self.artifact.mar["handler"]
+        return body
+
+
+def _build_handler(artifact: VerifiedArtifact) -> Handler:
+    if artifact.has_handler_code:
+        return load_user_handler(artifact)
+    handler_class = BUILTIN_HANDLERS.get(artifact.handler)
+    if handler_class is None:
+        raise ArtifactRejected(f"unknown handler {artifact.handler!r}; built-in ones are "
+                               f"{sorted(BUILTIN_HANDLERS)}", reason=Reason.UNKNOWN_HANDLER)
+    return handler_class()
+
+
+def load_runtime(settings: PodSettings) -> ModelRuntime:
+    """Verify and load the artifact, initialise and warm its handler. Raises ``ReleaseError`` when it cannot."""
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
+    device = pick_device(settings.device)
+    work_dir = settings.work_dir or Path(tempfile.mkdtemp(prefix="pod-"))
+    artifact = open_artifact(settings.artifact.resolve(), work_dir=work_dir,
+                             allow_handler_code=settings.allow_handler_code, expect_sha256=settings.expect_sha256)
+    handler = _build_handler(artifact)
+    context = HandlerContext(name=artifact.name, version=artifact.version, model_dir=artifact.model_dir,
+                             manifest=artifact.manifest, mar=artifact.mar, device=device,
+                             dtype=settings.torch_dtype, max_batch_size=settings.max_batch_size,
+                             channels_last=settings.channels_last, compile_mode=settings.compile)
+    try:
+        handler.initialize(context)
+        handler.warmup()
+    except ReleaseError:
+        raise
+    except Exception as e:
+        raise PermanentError(f"model {artifact.name}:{artifact.version} failed to load: "
+                             f"{type(e).__name__}: {e}", reason=Reason.MODEL_LOAD_FAILED) from e
+    metrics = create_metrics(model=artifact.name, version=artifact.version, device=device)
+    return ModelRuntime(artifact=artifact, handler=handler, device=device, settings=settings, metrics=metrics)

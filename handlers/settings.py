@@ -1,0 +1,103 @@
+"""The pod server's settings: its command line, parsed once into one frozen object.
+
+The only environment variable read is ``POD_NO_HANDLER_CODE`` (``1``/``true``), the deployment-wide way to forbid
+artifact code that a command line cannot forget.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from handlers.runner import COMPILE_MODES
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+NO_HANDLER_CODE_ENV = "POD_NO_HANDLER_CODE"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PodSettings:
+    """Everything the pod server is told at start."""
+
+    artifact: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_batch_size: int = 32
+    max_batch_delay_ms: float = 2.0
+    queue_size: int = 256
+    request_timeout_s: float = 30.0
+    max_body_bytes: int = 64 << 20
+    device: str = "auto"
+    dtype: str = "fp32"
+    channels_last: bool = False
+    compile: str = "none"
+    torch_threads: int | None = None
+    allow_handler_code: bool = True
+    expect_sha256: str | None = None
+    work_dir: Path | None = None
+    drain_timeout_s: float = 30.0
+    log_format: str = "console"
+    log_level: str = "info"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The weights' precision as a torch dtype."""
+        return DTYPES[self.dtype]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m handlers.server`` command line."""
+    parser = argparse.ArgumentParser(prog="python -m handlers.server", description="Serve one model artifact.")
+    parser.add_argument("--artifact", type=Path, required=True, help="model directory or .mar file")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--max-batch-size", type=_positive_int, default=32)
+    parser.add_argument("--max-batch-delay-ms", type=_non_negative_float, default=2.0)
+    parser.add_argument("--queue-size", type=_positive_int, default=256)
+    parser.add_argument("--request-timeout-s", type=_non_negative_float, default=30.0)
+    parser.add_argument("--max-body-bytes", type=_positive_int, default=64 << 20)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for image models")
+    parser.add_argument("--compile", choices=COMPILE_MODES, default="none",
+                        help="torch.compile mode; reduce-overhead uses CUDA graphs (batches padded to buckets)")
+    parser.add_argument("--torch-threads", type=_positive_int, default=None, help="torch intra-op threads")
+    parser.add_argument("--no-handler-code", action="store_true", help="refuse artifacts that ship handler code")
+    parser.add_argument("--expect-sha256", default=None, help="refuse a .mar whose sha256 differs")
+    parser.add_argument("--work-dir", type=Path, default=None, help="where .mar archives are unpacked")
+    parser.add_argument("--drain-timeout-s", type=_non_negative_float, default=30.0)
+    parser.add_argument("--log-format", choices=("json", "console"), default="console")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    return parser
+
+
+def parse_settings(argv: Sequence[str] | None, *, environ: Mapping[str, str]) -> PodSettings:
+    """Settings from the command line; ``POD_NO_HANDLER_CODE`` can only forbid code, never allow it."""
+    args = build_parser().parse_args(argv)
+    forbid_env = environ.get(NO_HANDLER_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+    return PodSettings(
+        artifact=args.artifact, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+        max_batch_delay_ms=args.max_batch_delay_ms, queue_size=args.queue_size,
+        request_timeout_s=args.request_timeout_s, max_body_bytes=args.max_body_bytes, device=args.device,
+        dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
+        torch_threads=args.torch_threads, allow_handler_code=not (args.no_handler_code or forbid_env),
+        expect_sha256=args.expect_sha256, work_dir=args.work_dir, drain_timeout_s=args.drain_timeout_s,
+        log_format=args.log_format, log_level=args.log_level)

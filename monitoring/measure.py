@@ -1,0 +1,73 @@
+"""Evaluate one closed window against a reference profile: every detector, one pass over the window.
+
+This is the only place that knows which statistic goes into which field of ``DriftMeasurement``; deciding
+whether the numbers are alarming is ``monitoring.alerts``' job.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from monitoring import detectors
+from monitoring.features import FloatArray, IntArray
+from monitoring.profile import ReferenceProfile, bin_proportions
+from monitoring.windows import WindowData
+from schemas.errors import PermanentError, Reason
+from schemas.predictions import ClassDrift, Correction, DriftMeasurement, FeatureDrift
+
+# Wasserstein distance is reported in units of the reference standard deviation. A constant reference
+# feature has no spread, so the unit is floored here (Evidently uses the same floor, which keeps the
+# normalised numbers comparable between the two tools).
+MIN_NORMALIZING_STD = 1e-3
+
+
+def measure(profile: ReferenceProfile, window: WindowData, *,
+            correction: Correction = Correction.BENJAMINI_HOCHBERG) -> DriftMeasurement:
+    """All drift statistics of ``window``; features and classes are each skipped when the window has none.
+
+    Predicted classes outside the profile's classes are ignored: the reference says nothing about them.
+    """
+    x = _window_features(profile, window)
+    return DriftMeasurement(window=window.meta, samples=x.shape[0], correction=correction,
+                            features=_feature_drift(profile, x, correction) if x.shape[0] else [],
+                            classes=_class_drift(profile, window.predicted))
+
+
+def _window_features(profile: ReferenceProfile, window: WindowData) -> FloatArray:
+    parts = [profile.features(window.inputs)] if window.inputs.shape[0] else []
+    if window.input_features.shape[0]:
+        parts.append(window.input_features)
+    x = np.vstack(parts) if parts else np.empty((0, profile.n_features))
+    if x.shape[1] != profile.n_features:
+        raise PermanentError(f"window rows have {x.shape[1]} features, the profile has {profile.n_features}",
+                             reason=Reason.EVENT_INVALID,
+                             hint="input_features must follow the profile's feature_names, in order.")
+    return x
+
+
+def _feature_drift(profile: ReferenceProfile, x: FloatArray, correction: Correction) -> list[FeatureDrift]:
+    psi = detectors.psi(bin_proportions(x, profile.edges, profile.epsilon), profile.proportions)
+    raw_ks, wasserstein = detectors.ks_and_wasserstein(profile.sample, x)
+    ks, pvalues = detectors.ks_pvalues(raw_ks, x.shape[0], profile.sample.shape[0])
+    adjusted = detectors.adjust_pvalues(pvalues, correction)
+    normalized = wasserstein / np.maximum(profile.std, MIN_NORMALIZING_STD)
+    return [
+        FeatureDrift(name=name, psi=float(psi[j]), ks_statistic=float(ks[j]), ks_pvalue=float(pvalues[j]),
+                     ks_pvalue_adjusted=float(adjusted[j]), wasserstein=float(wasserstein[j]),
+                     wasserstein_normalized=float(normalized[j]))
+        for j, name in enumerate(profile.feature_names)
+    ]
+
+
+def _class_drift(profile: ReferenceProfile, predicted: IntArray) -> ClassDrift | None:
+    if profile.class_counts is None:
+        return None
+    k = profile.class_counts.size
+    known = predicted[predicted < k]
+    if known.size == 0:
+        return None
+    counts = np.bincount(known, minlength=k)
+    chi2, pvalue, dof = detectors.chi2_homogeneity(profile.class_counts.astype(np.float64),
+                                                   counts.astype(np.float64))
+    js = detectors.js_distance(profile.class_counts.astype(np.float64), counts.astype(np.float64))
+    return ClassDrift(chi2=chi2, chi2_pvalue=pvalue, dof=dof, js_distance=js, counts=counts.tolist())

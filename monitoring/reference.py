@@ -1,0 +1,53 @@
+"""The drift baseline of a model version, built from the reference sample its artifact ships.
+
+The profile is built lazily by the drift monitor the first time it sees a version, not by intake at
+registration: intake belongs to the release core, which must not import ``monitoring`` (an import-linter
+contract keeps it that way), and a version nobody sends traffic to never needs a profile. The monitor stores
+the result with ``registry.set_reference_profile``, so each version is profiled once per installation.
+
+Which sample: the manifest's ``reference`` npz (array ``x``), else its ``eval`` npz (the gates' inputs are the
+next best picture of what the model expects). The class distribution comes from the same file's predicted
+probabilities (``probabilities``) or labels (``y``) when present: the control plane never runs the model, so
+true labels stand in for predictions, which is close for any model that passed its gates.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monitoring.profile import build_profile
+from schemas.manifest import Manifest
+
+
+def reference_file(manifest: Manifest) -> str | None:
+    """The artifact file the baseline is built from: ``reference``, else ``eval``, else none."""
+    return manifest.reference or manifest.eval
+
+
+def profile_for_version(folder: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored form of the version's reference profile, or None when its artifact ships no sample.
+
+    ``folder`` is the version's materialised artifact (``release.artifacts.materialize``); a ``.mar`` file
+    (TorchServe archive) has no reference sample the control plane may open, so it has no profile.
+    """
+    spec = Manifest.model_validate(manifest)
+    name = reference_file(spec)
+    if name is None or not folder.is_dir():
+        return None
+    # allow_pickle=False: the npz is untrusted input, and arrays never need pickled objects.
+    with np.load(folder / name, allow_pickle=False) as arrays:
+        if "x" not in arrays:
+            return None
+        x = arrays["x"]
+        probabilities = arrays.get("probabilities")
+        labels = _class_labels(arrays["y"]) if probabilities is None and "y" in arrays else None
+    n_classes = len(spec.labels) if spec.labels else None
+    return build_profile(x, probabilities=probabilities, labels=labels, n_classes=n_classes).to_dict()
+
+
+def _class_labels(y: np.ndarray[Any, Any]) -> np.ndarray[Any, Any] | None:
+    # Regression targets and one-hot rows are not class indices: no class baseline from them.
+    return y if y.ndim == 1 and np.issubdtype(y.dtype, np.integer) else None

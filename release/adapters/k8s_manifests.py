@@ -1,0 +1,449 @@
+"""Render the Kubernetes objects that serve one model version: Deployment, Service, HPA, PodMonitoring.
+
+This module is pure: plain dicts in, plain dicts out, no ``kubernetes`` import and no I/O, so the CLI can
+print exactly what the Kubernetes serving backend would apply and tests can validate it against the
+Kubernetes OpenAPI schemas offline. ``kubernetes_serving`` applies what this module renders.
+
+Names. Model names and versions allow characters, lengths and leading digits that Kubernetes names and
+label values do not (``V1.0_rc``, ``2024.01``, a 64-character version). ``object_name`` maps a
+(model, version) pair to a DNS-1035 label (the strictest rule, the one Services need): lowercase, ``-`` for
+anything else, a letter first, at most 63 characters, ending in a short hash of the *real* pair so that
+``V1`` and ``v1`` or two long versions sharing a prefix never collide. The real values travel in
+annotations; labels carry them only when they are valid label values, else a mapped value of the same kind.
+
+Model files reach the pod in one of two ways (``ServingOptions.model_source``):
+
+* ``init-container`` (default): an init container from the ``google-cloud-cli`` image copies the artifact
+  with ``gcloud storage`` into an ``emptyDir`` before the server starts; the server only reads local files.
+  The pods' Kubernetes service account is granted read access to the bucket through Workload Identity.
+* ``gcs-direct``: the server gets the ``gs://`` URI as ``--artifact`` and fetches it itself. This needs a pod
+  server that reads ``gs://``; ``handlers.server`` today takes a local path, hence the default above.
+
+Autoscaling follows the queue time the pod server exports (``pod_queue_time_seconds``, a histogram): the
+HPA reads a *Pods* metric of that name from ``custom.metrics.k8s.io``, which a metrics adapter must serve as
+the per-pod average over a short window (``deploy/k8s/metrics-adapter`` has the prometheus-adapter rule;
+``deploy/README.md`` explains the setup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from release.ports import DeploymentSpec
+from schemas.errors import PermanentError, Reason
+
+Manifest = dict[str, Any]
+
+SERVER_PORT = 8080
+PART_OF = "model-release"
+APP_NAME = "model-server"
+
+_HASH_LEN = 10
+_MAX_NAME = 63  # DNS-1035 label: Service names must be one, and one name serves every object of a version
+_MAX_LABEL_VALUE = 63
+_LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
+_NOT_NAME_CHARS = re.compile(r"[^a-z0-9]+")
+
+_MODELS_DIR = "/models"
+_TMP_DIR = "/tmp"  # noqa: S108 - an emptyDir mounted there, not the image's shared /tmp
+_SERVER_CONTAINER = "server"
+_FETCH_CONTAINER = "fetch-model"
+_GPU_RESOURCE = "nvidia.com/gpu"
+_ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resources:
+    """CPU, memory and node-local disk of one container. Requests equal limits: GKE Autopilot enforces it
+    anyway, and a Guaranteed pod is the last one evicted when a node runs short."""
+
+    cpu: str
+    memory: str
+    ephemeral_storage: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Toleration:
+    """A taint the serving pods tolerate, beyond the GPU taint they always tolerate when on a GPU."""
+
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingOptions:
+    """How serving pods are shaped in a cluster; the per-version part comes from ``DeploymentSpec``."""
+
+    image: str = "ghcr.io/modelrelease/pod:latest"
+    """The serving pod image (``deploy/docker/pod.Dockerfile``). Pin a digest in production."""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    gpu_count: int = 1
+    """``nvidia.com/gpu`` per pod when the version asks for a GPU."""
+    accelerator: str = "nvidia-l4"
+    """GKE accelerator node label value, e.g. ``nvidia-l4``, ``nvidia-tesla-t4``, ``nvidia-h100-80gb``."""
+    tolerations: tuple[Toleration, ...] = ()
+    resources: Resources = Resources(cpu="2", memory="8Gi", ephemeral_storage="20Gi")
+    model_source: Literal["init-container", "gcs-direct"] = "init-container"
+    fetch_image: str = "gcr.io/google.com/cloudsdktool/google-cloud-cli:slim"
+    """Image of the init container that copies the artifact (``init-container`` mode)."""
+    fetch_resources: Resources = Resources(cpu="500m", memory="1Gi", ephemeral_storage="1Gi")
+    model_volume_limit: str = "16Gi"
+    """Size limit of the ``emptyDir`` that holds the model files; keep it below ``ephemeral_storage``."""
+    service_account: str = "model-pod"
+    """Kubernetes service account of the pods; Workload Identity maps it to a bucket reader."""
+    run_as_user: int = 10001
+    """The non-root uid the images are built with (``deploy/docker``)."""
+    min_replicas: int = 1
+    max_replicas: int = 4
+    queue_time_metric: str = "pod_queue_time_seconds"
+    """Pods metric (served by the metrics adapter) the HPA keeps near ``queue_time_target_s``."""
+    queue_time_target_s: float = 0.05
+    startup_timeout_s: int = 600
+    """How long a pod may take to load its model before the kubelet restarts it."""
+    progress_deadline_s: int = 1200
+    """Rollout deadline: GPU nodes on Autopilot can take minutes to appear, then the model loads."""
+    drain_s: int = 30
+    """How long the server drains after SIGTERM (its ``--drain-timeout-s``)."""
+    prestop_delay_s: int = 5
+    """Pause before SIGTERM so endpoints drop the pod before it stops accepting requests."""
+    pod_monitoring: bool = True
+    """Render a PodMonitoring (needs Google Managed Prometheus, i.e. its CRD, in the cluster)."""
+
+
+DEFAULT_OPTIONS = ServingOptions()
+
+
+# --------------------------------------------------------------------------------------------- names
+def _digest(model: str, version: str) -> str:
+    return hashlib.sha256(f"{model}\x00{version}".encode()).hexdigest()[:_HASH_LEN]
+
+
+def _slug(value: str) -> str:
+    return _NOT_NAME_CHARS.sub("-", value.lower()).strip("-")
+
+
+def object_name(model: str, version: str) -> str:
+    """The one name of every object of a version: a DNS-1035 label, deterministic, unique per pair."""
+    stem = "-".join(part for part in (_slug(model), _slug(version)) if part)
+    if not stem[:1].isalpha():
+        stem = f"m-{stem}"
+    stem = stem[: _MAX_NAME - 1 - _HASH_LEN].rstrip("-")
+    return f"{stem}-{_digest(model, version)}"
+
+
+def label_value(value: str) -> str:
+    """``value`` when Kubernetes accepts it as a label value, else a mapped value that it accepts."""
+    if len(value) <= _MAX_LABEL_VALUE and _LABEL_VALUE.fullmatch(value):
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:_HASH_LEN]
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("._-")[: _MAX_LABEL_VALUE - 1 - _HASH_LEN]
+    stem = stem.rstrip("._-")
+    return f"{stem}-{digest}" if stem else digest
+
+
+def service_url(model: str, version: str, *, namespace: str) -> str:
+    """The in-cluster URL of a version's Service."""
+    return f"http://{object_name(model, version)}.{namespace}.svc.cluster.local:{SERVER_PORT}"
+
+
+def selector_labels(model: str, version: str) -> dict[str, str]:
+    """The labels that pick a version's pods (immutable in a Deployment once created)."""
+    return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": object_name(model, version)}
+
+
+def _labels(spec: DeploymentSpec) -> dict[str, str]:
+    return {
+        **selector_labels(spec.model, spec.version),
+        "app.kubernetes.io/version": label_value(spec.version),
+        "app.kubernetes.io/component": "serving",
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": PART_OF,
+        "modelrelease.dev/model": label_value(spec.model),
+        "modelrelease.dev/version": label_value(spec.version),
+    }
+
+
+def _annotations(spec: DeploymentSpec) -> dict[str, str]:
+    return {
+        "modelrelease.dev/model": spec.model,
+        "modelrelease.dev/version": spec.version,
+        "modelrelease.dev/artifact-uri": spec.artifact_uri,
+    }
+
+
+def _metadata(spec: DeploymentSpec, *, namespace: str) -> dict[str, Any]:
+    return {
+        "name": object_name(spec.model, spec.version),
+        "namespace": namespace,
+        "labels": _labels(spec),
+        "annotations": _annotations(spec),
+    }
+
+
+# --------------------------------------------------------------------------------------------- pod
+def _resources(resources: Resources, *, gpus: int = 0) -> dict[str, Any]:
+    amounts: dict[str, str] = {
+        "cpu": resources.cpu, "memory": resources.memory, "ephemeral-storage": resources.ephemeral_storage,
+    }
+    if gpus:
+        amounts[_GPU_RESOURCE] = str(gpus)
+    return {"requests": dict(amounts), "limits": dict(amounts)}
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _mounts() -> list[dict[str, Any]]:
+    return [{"name": "models", "mountPath": _MODELS_DIR}, {"name": "tmp", "mountPath": _TMP_DIR}]
+
+
+def _artifact_source(artifact_uri: str) -> tuple[str, str]:
+    """The artifact's ``gs://`` URI without a trailing slash and where the pod finds it locally.
+
+    The local path is fixed rather than derived from the version, so a version such as ``..`` can never
+    point the server outside the volume.
+    """
+    if not artifact_uri.startswith("gs://"):
+        raise PermanentError(
+            f"Kubernetes pods read artifacts from Cloud Storage, not from {artifact_uri!r}",
+            reason=Reason.ROLLOUT_FAILED,
+            hint="Set RELEASE_BUCKET to gs://BUCKET[/PREFIX] when RELEASE_SERVING=kubernetes.",
+        )
+    source = artifact_uri.rstrip("/")
+    local = f"{_MODELS_DIR}/artifact.mar" if source.endswith(".mar") else f"{_MODELS_DIR}/artifact"
+    return source, local
+
+
+def _fetch_container(source: str, local: str, options: ServingOptions) -> dict[str, Any]:
+    # Arguments travel as positional parameters, never spliced into the script, so no object name can
+    # inject shell syntax. rsync (not cp) copies a prefix's *contents* into the target whatever exists.
+    copy = 'gcloud storage cp "$1" "$2"' if local.endswith(".mar") else (
+        'mkdir -p "$2" && gcloud storage rsync --recursive "$1" "$2"')
+    return {
+        "name": _FETCH_CONTAINER,
+        "image": options.fetch_image,
+        "imagePullPolicy": options.image_pull_policy,
+        "command": ["/bin/sh", "-c", f"set -e; {copy}", "fetch-model", source, local],
+        "env": [
+            {"name": "HOME", "value": _TMP_DIR},
+            {"name": "CLOUDSDK_CONFIG", "value": f"{_TMP_DIR}/gcloud"},
+            {"name": "CLOUDSDK_CORE_DISABLE_PROMPTS", "value": "1"},
+        ],
+        "resources": _resources(options.fetch_resources),
+        "securityContext": _container_security(),
+        "volumeMounts": _mounts(),
+    }
+
+
+def _probe(path: str, *, period_s: int, failures: int, timeout_s: int = 2) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period_s,
+        "timeoutSeconds": timeout_s,
+        "failureThreshold": failures,
+    }
+
+
+def _server_env(spec: DeploymentSpec) -> list[dict[str, str]]:
+    env = {"HOME": _TMP_DIR, "TMPDIR": _TMP_DIR, **spec.env}
+    return [{"name": name, "value": value} for name, value in sorted(env.items())]
+
+
+def _server_args(spec: DeploymentSpec, artifact: str, options: ServingOptions) -> list[str]:
+    args = [
+        "--artifact", artifact,
+        "--host", "0.0.0.0",  # noqa: S104 - the pod's own network namespace; the Service is the way in
+        "--port", str(SERVER_PORT),
+        "--max-batch-size", str(spec.max_batch_size),
+        "--max-batch-delay-ms", f"{spec.max_batch_delay_ms:g}",
+        "--drain-timeout-s", str(options.drain_s),
+        "--work-dir", f"{_MODELS_DIR}/work",  # .mar archives unpack here: the root filesystem is read-only
+        "--log-format", "json",
+    ]
+    if not spec.allow_handler_code:
+        args.append("--no-handler-code")
+    return args
+
+
+def _server_container(spec: DeploymentSpec, artifact: str, options: ServingOptions) -> dict[str, Any]:
+    return {
+        "name": _SERVER_CONTAINER,
+        "image": options.image,
+        "imagePullPolicy": options.image_pull_policy,
+        # `command`, not `args`: the server starts the same whatever entrypoint the image declares.
+        "command": ["python", "-m", "handlers.server"],
+        "args": _server_args(spec, artifact, options),
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "env": _server_env(spec),
+        "resources": _resources(options.resources, gpus=options.gpu_count if spec.gpu else 0),
+        "securityContext": _container_security(),
+        "volumeMounts": _mounts(),
+        # Readiness flips when the model is loaded; liveness only asks whether the process answers.
+        "startupProbe": _probe("/v2/health/live", period_s=5,
+                               failures=max(1, options.startup_timeout_s // 5)),
+        "livenessProbe": _probe("/v2/health/live", period_s=10, failures=3),
+        "readinessProbe": _probe("/v2/health/ready", period_s=5, failures=2),
+        # The sleep lets kube-proxy and the router drop the endpoint before SIGTERM starts the drain.
+        "lifecycle": {"preStop": {"sleep": {"seconds": options.prestop_delay_s}}},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def _scheduling(spec: DeploymentSpec, options: ServingOptions) -> dict[str, Any]:
+    tolerations = [
+        {key: value for key, value in (("key", t.key), ("operator", t.operator), ("value", t.value),
+                                       ("effect", t.effect)) if value is not None}
+        for t in options.tolerations
+    ]
+    if not spec.gpu:
+        return {"tolerations": tolerations} if tolerations else {}
+    return {
+        "nodeSelector": {_ACCELERATOR_LABEL: options.accelerator},
+        "tolerations": [{"key": _GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}, *tolerations],
+    }
+
+
+def _pod_spec(spec: DeploymentSpec, options: ServingOptions) -> dict[str, Any]:
+    if options.model_source == "init-container":
+        source, local = _artifact_source(spec.artifact_uri)
+        init = [_fetch_container(source, local, options)]
+        artifact = local
+    else:
+        source, _ = _artifact_source(spec.artifact_uri)
+        init, artifact = [], source
+    pod: dict[str, Any] = {
+        "serviceAccountName": options.service_account,
+        # One Service per version in the namespace: injected service env vars would grow with every release.
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": options.run_as_user,
+            "runAsGroup": options.run_as_user,
+            "fsGroup": options.run_as_user,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": options.prestop_delay_s + options.drain_s + 5,
+        "containers": [_server_container(spec, artifact, options)],
+        "volumes": [
+            {"name": "models", "emptyDir": {"sizeLimit": options.model_volume_limit}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        ],
+        **_scheduling(spec, options),
+    }
+    if init:
+        pod["initContainers"] = init
+    return pod
+
+
+# --------------------------------------------------------------------------------------------- objects
+def _deployment(spec: DeploymentSpec, *, namespace: str, options: ServingOptions) -> Manifest:
+    meta = _metadata(spec, namespace=namespace)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        # No `replicas`: the HPA owns it. Applying it here would reset the HPA's count on every deploy.
+        "spec": {
+            "selector": {"matchLabels": selector_labels(spec.model, spec.version)},
+            "progressDeadlineSeconds": options.progress_deadline_s,
+            "revisionHistoryLimit": 2,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": meta["labels"], "annotations": meta["annotations"]},
+                "spec": _pod_spec(spec, options),
+            },
+        },
+    }
+
+
+def _service(spec: DeploymentSpec, *, namespace: str) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(spec, namespace=namespace),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(spec.model, spec.version),
+            "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def _quantity(seconds: float) -> str:
+    return f"{round(seconds * 1000)}m"
+
+
+def min_replicas(spec: DeploymentSpec, options: ServingOptions) -> int:
+    """The replicas a version always has: what it asks for, never below the cluster's floor."""
+    return max(1, spec.replicas, options.min_replicas)
+
+
+def _hpa(spec: DeploymentSpec, *, namespace: str, options: ServingOptions) -> Manifest:
+    minimum = min_replicas(spec, options)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(spec, namespace=namespace),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                               "name": object_name(spec.model, spec.version)},
+            "minReplicas": minimum,
+            "maxReplicas": max(minimum, options.max_replicas),
+            "metrics": [{
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": options.queue_time_metric},
+                    "target": {"type": "AverageValue",
+                               "averageValue": _quantity(options.queue_time_target_s)},
+                },
+            }],
+            # GPU pods are slow to start and costly to flap: add quickly, remove slowly.
+            "behavior": {
+                "scaleUp": {"stabilizationWindowSeconds": 0,
+                            "policies": [{"type": "Pods", "value": 2, "periodSeconds": 60}]},
+                "scaleDown": {"stabilizationWindowSeconds": 300,
+                              "policies": [{"type": "Pods", "value": 1, "periodSeconds": 120}]},
+            },
+        },
+    }
+
+
+def _pod_monitoring(spec: DeploymentSpec, *, namespace: str) -> Manifest:
+    return {
+        "apiVersion": "monitoring.googleapis.com/v1",
+        "kind": "PodMonitoring",
+        "metadata": _metadata(spec, namespace=namespace),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(spec.model, spec.version)},
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s", "timeout": "10s"}],
+            "targetLabels": {"metadata": ["pod", "container"],
+                             "fromPod": [{"from": "modelrelease.dev/model", "to": "release_model"},
+                                         {"from": "modelrelease.dev/version", "to": "release_version"}]},
+        },
+    }
+
+
+def render_version(spec: DeploymentSpec, *, namespace: str,
+                   options: ServingOptions = DEFAULT_OPTIONS) -> list[Manifest]:
+    """Every object that serves ``spec`` in ``namespace``, in the order to apply them (reverse to delete)."""
+    objects = [
+        _deployment(spec, namespace=namespace, options=options),
+        _service(spec, namespace=namespace),
+        _hpa(spec, namespace=namespace, options=options),
+    ]
+    if options.pod_monitoring:
+        objects.append(_pod_monitoring(spec, namespace=namespace))
+    return objects

@@ -1,0 +1,376 @@
+"""Local serving backend: each replica of a version is a ``python -m handlers.server`` process on this machine.
+
+It implements ``release.ports.ServingBackend``. Pods get free ports, log to
+``home/pods/<model>/<version>/replica-N.log``, and are watched by a supervisor thread that restarts a crashed
+replica with exponential backoff (a pod that exits with the server's "artifact refused / failed to load" code is
+not restarted: retrying cannot help). Every running pod is recorded in ``home/pods/state.json`` so a control plane
+that restarts adopts the pods of its previous run (same pid, same command line) instead of leaking or duplicating
+them. The only knowledge of the pod runtime here is its command line and its HTTP health endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+
+from release.ports import DeploymentSpec, DeploymentStatus
+from schemas.errors import PermanentError, Reason
+
+log = structlog.get_logger("release.adapters.local_serving")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POD_EXIT_LOAD_FAILED = 3
+LOG_EXCERPT_LINES = 40
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _pid_cmdline(pid: int) -> list[str] | None:
+    """The command line of a live process, None when it is gone (or a zombie)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    if "\nState:\tZ" in status:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _tail(path: Path, lines: int = LOG_EXCERPT_LINES) -> str:
+    try:
+        with path.open("r", errors="replace") as fh:
+            return "".join(deque(fh, maxlen=lines))
+    except OSError:
+        return ""
+
+
+@dataclass(kw_only=True)
+class _Replica:
+    """One pod process: ours (``process``) or adopted from a previous run (``pid`` only)."""
+
+    index: int
+    port: int
+    log_path: Path
+    command: list[str]
+    pid: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    restart_at: float | None = None
+    exit_code: int | None = None
+    gave_up: bool = False
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        if self.process is not None:
+            return self.process.poll() is None
+        return _pid_cmdline(self.pid) == self.command
+
+    def reap(self) -> int | None:
+        """The exit code once the process ended (unknown, -1, for an adopted process)."""
+        if self.process is not None:
+            return self.process.poll()
+        return None if self.alive() else -1
+
+
+@dataclass(kw_only=True)
+class _Deployment:
+    """The replicas of one version, and the spec fingerprint that makes ``deploy`` idempotent."""
+
+    model: str
+    version: str
+    fingerprint: str
+    env: dict[str, str]
+    replicas: list[_Replica] = field(default_factory=list)
+
+
+class LocalServingBackend:
+    """``ServingBackend`` that runs pods as local processes."""
+
+    def __init__(self, *, home: Path, python: str = sys.executable, host: str = "127.0.0.1",
+                 gpu: bool | None = None, max_restarts: int = 5, restart_backoff_s: float = 0.5,
+                 stop_grace_s: float = 10.0, supervise_interval_s: float = 0.2):
+        self.home = home
+        self.pods_dir = home / "pods"
+        self.pods_dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.pods_dir / "state.json"
+        self.python = python
+        self.host = host
+        self.gpu = gpu
+        self.max_restarts = max_restarts
+        self.restart_backoff_s = restart_backoff_s
+        self.stop_grace_s = stop_grace_s
+        self._interval = supervise_interval_s
+        self._lock = threading.RLock()
+        self._deployments: dict[tuple[str, str], _Deployment] = {}
+        self._http = httpx.Client(timeout=1.0)
+        self._stopping = threading.Event()
+        self._adopt_previous_run()
+        self._supervisor = threading.Thread(target=self._supervise, name="local-serving-supervisor", daemon=True)
+        self._supervisor.start()
+
+    @property
+    def name(self) -> str:
+        """``local``."""
+        return "local"
+
+    # ------------------------------------------------------------------------------------------ ports
+    def deploy(self, spec: DeploymentSpec) -> DeploymentStatus:
+        """Start the version's replicas, or keep them when they already run for the same spec."""
+        if spec.local_path is None:
+            raise PermanentError(f"{spec.model}:{spec.version}: the local backend needs the artifact's local_path",
+                                 reason=Reason.ROLLOUT_FAILED)
+        key = (spec.model, spec.version)
+        fingerprint = self._fingerprint(spec)
+        with self._lock:
+            current = self._deployments.get(key)
+            if current is not None and current.fingerprint == fingerprint:
+                return self._status_of(current)
+            if current is not None:
+                self._stop_deployment(current)
+            deployment = _Deployment(model=spec.model, version=spec.version, fingerprint=fingerprint,
+                                     env=dict(spec.env))
+            folder = self._folder(spec.model, spec.version)
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(spec.replicas):
+                port = _free_port(self.host)
+                replica = _Replica(index=index, port=port, log_path=folder / f"replica-{index}.log",
+                                   command=self._command(spec, port=port, work_dir=folder / f"work-{index}"))
+                self._spawn(replica, env=deployment.env)
+                deployment.replicas.append(replica)
+            self._deployments[key] = deployment
+            self._save_state()
+            log.info("local_serving.deployed", model=spec.model, version=spec.version, replicas=spec.replicas,
+                     ports=[r.port for r in deployment.replicas])
+            return self._status_of(deployment)
+
+    def wait_ready(self, spec: DeploymentSpec, *, timeout_s: float) -> DeploymentStatus:
+        """Poll until every replica answers ready; fail with the pod log's tail if one cannot load or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                deployment = self._deployments.get((spec.model, spec.version))
+                if deployment is None:
+                    raise PermanentError(f"{spec.model}:{spec.version} is not deployed", reason=Reason.ROLLOUT_FAILED)
+                failed = next((r for r in deployment.replicas if r.gave_up), None)
+                status = self._status_of(deployment)
+            if failed is not None:
+                raise self._rollout_failed(spec, failed, f"replica {failed.index} exited with {failed.exit_code} "
+                                           f"after {failed.restarts} restart(s)")
+            if status.ready:
+                return status
+            if time.monotonic() >= deadline:
+                raise self._rollout_failed(spec, deployment.replicas[0],
+                                           f"not ready after {timeout_s:g} s ({status.message})")
+            self._stopping.wait(self._interval)
+
+    def status(self, model: str, version: str) -> DeploymentStatus | None:
+        """What runs for the version, or None when nothing does."""
+        with self._lock:
+            deployment = self._deployments.get((model, version))
+            return None if deployment is None else self._status_of(deployment)
+
+    def retire(self, model: str, version: str) -> None:
+        """Stop the version's pods (SIGTERM, SIGKILL after the grace period) and remove their work folders."""
+        with self._lock:
+            deployment = self._deployments.pop((model, version), None)
+            if deployment is not None:
+                self._stop_deployment(deployment)
+            self._save_state()
+
+    def close(self) -> None:
+        """Stop the supervisor and every pod this backend runs."""
+        self._stopping.set()
+        if self._supervisor.is_alive():
+            self._supervisor.join(timeout=5)
+        with self._lock:
+            for key in list(self._deployments):
+                self._stop_deployment(self._deployments.pop(key))
+            self._save_state()
+        self._http.close()
+
+    def restarts(self, model: str, version: str) -> int:
+        """How many times the supervisor restarted the version's replicas."""
+        with self._lock:
+            deployment = self._deployments.get((model, version))
+            return 0 if deployment is None else sum(r.restarts for r in deployment.replicas)
+
+    # ------------------------------------------------------------------------------------------ processes
+    def _folder(self, model: str, version: str) -> Path:
+        return self.pods_dir / model / version
+
+    def _device(self, spec: DeploymentSpec) -> str:
+        if not spec.gpu or self.gpu is False:
+            return "cpu"
+        return "cuda" if self.gpu else "auto"
+
+    def _command(self, spec: DeploymentSpec, *, port: int, work_dir: Path) -> list[str]:
+        assert spec.local_path is not None
+        command = [self.python, "-m", "handlers.server", "--artifact", str(spec.local_path), "--host", self.host,
+                   "--port", str(port), "--max-batch-size", str(spec.max_batch_size),
+                   "--max-batch-delay-ms", str(spec.max_batch_delay_ms), "--device", self._device(spec),
+                   "--work-dir", str(work_dir), "--log-format", "json"]
+        if not spec.allow_handler_code:
+            command.append("--no-handler-code")
+        return command
+
+    def _fingerprint(self, spec: DeploymentSpec) -> str:
+        fields = {"artifact": str(spec.local_path), "replicas": spec.replicas, "gpu": spec.gpu,
+                  "code": spec.allow_handler_code, "batch": spec.max_batch_size, "delay": spec.max_batch_delay_ms,
+                  "env": sorted(spec.env.items())}
+        return json.dumps(fields, sort_keys=True)
+
+    def _spawn(self, replica: _Replica, *, env: dict[str, str]) -> None:
+        python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        with replica.log_path.open("ab") as log_file:
+            # A new session: the pod outlives a crash of this process, so the next run can adopt it.
+            replica.process = subprocess.Popen(
+                replica.command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                env={**os.environ, **env, "PYTHONPATH": python_path}, start_new_session=True)
+        replica.pid = replica.process.pid
+        replica.exit_code = None
+        replica.restart_at = None
+
+    def _signal(self, replica: _Replica, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(replica.pid, sig)
+
+    def _stop_replicas(self, replicas: list[_Replica]) -> None:
+        running = [r for r in replicas if r.alive()]
+        for replica in running:
+            self._signal(replica, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace_s
+        for replica in running:
+            if replica.process is not None:
+                try:
+                    replica.process.wait(timeout=max(deadline - time.monotonic(), 0.01))
+                except subprocess.TimeoutExpired:
+                    replica.process.kill()
+                    replica.process.wait(timeout=5)
+                continue
+            while replica.alive() and time.monotonic() < deadline:
+                self._stopping.wait(0.05)
+            if replica.alive():
+                self._signal(replica, signal.SIGKILL)
+
+    def _stop_deployment(self, deployment: _Deployment) -> None:
+        self._stop_replicas(deployment.replicas)
+        for replica in deployment.replicas:
+            shutil.rmtree(self._folder(deployment.model, deployment.version) / f"work-{replica.index}",
+                          ignore_errors=True)
+        log.info("local_serving.retired", model=deployment.model, version=deployment.version)
+
+    # ------------------------------------------------------------------------------------------ supervision
+    def _supervise(self) -> None:
+        while not self._stopping.wait(self._interval):
+            with self._lock:
+                for deployment in self._deployments.values():
+                    for replica in deployment.replicas:
+                        self._check(deployment, replica)
+
+    def _check(self, deployment: _Deployment, replica: _Replica) -> None:
+        if replica.gave_up:
+            return
+        if replica.restart_at is None:
+            code = replica.reap()
+            if code is None:
+                return
+            replica.exit_code = code
+            if code == POD_EXIT_LOAD_FAILED or replica.restarts >= self.max_restarts:
+                replica.gave_up = True
+                log.error("local_serving.replica_failed", model=deployment.model, version=deployment.version,
+                          replica=replica.index, exit_code=code, restarts=replica.restarts)
+                return
+            replica.restart_at = time.monotonic() + self.restart_backoff_s * 2 ** replica.restarts
+            log.warning("local_serving.replica_exited", model=deployment.model, version=deployment.version,
+                        replica=replica.index, exit_code=code, restart_in_s=self.restart_backoff_s * 2 **
+                        replica.restarts)
+        elif time.monotonic() >= replica.restart_at:
+            replica.restarts += 1
+            self._spawn(replica, env=deployment.env)
+            self._save_state()
+
+    # ------------------------------------------------------------------------------------------ status
+    def _ready(self, replica: _Replica) -> bool:
+        if replica.restart_at is not None or replica.gave_up:
+            return False
+        try:
+            return self._http.get(f"http://{self.host}:{replica.port}/v2/health/ready").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _status_of(self, deployment: _Deployment) -> DeploymentStatus:
+        ready = sum(self._ready(r) for r in deployment.replicas)
+        total = len(deployment.replicas)
+        problems = [f"replica {r.index} exited with {r.exit_code} ({r.restarts} restarts)"
+                    for r in deployment.replicas if r.exit_code is not None]
+        excerpt = next((_tail(r.log_path) for r in deployment.replicas if r.exit_code is not None), "")
+        return DeploymentStatus(
+            model=deployment.model, version=deployment.version, ready=total > 0 and ready == total,
+            endpoints=tuple(f"http://{self.host}:{r.port}" for r in deployment.replicas), ready_replicas=ready,
+            replicas=total, message="; ".join([f"{ready}/{total} ready", *problems]), log_excerpt=excerpt)
+
+    def _rollout_failed(self, spec: DeploymentSpec, replica: _Replica, why: str) -> PermanentError:
+        excerpt = _tail(replica.log_path)
+        return PermanentError(f"{spec.model}:{spec.version} did not become ready: {why}",
+                              reason=Reason.ROLLOUT_FAILED, details={"log_excerpt": excerpt,
+                                                                     "log_path": str(replica.log_path)})
+
+    # ------------------------------------------------------------------------------------------ state file
+    def _save_state(self) -> None:
+        records: list[dict[str, Any]] = []
+        for deployment in self._deployments.values():
+            for replica in deployment.replicas:
+                records.append({"model": deployment.model, "version": deployment.version,
+                                "fingerprint": deployment.fingerprint, "env": deployment.env,
+                                "index": replica.index, "port": replica.port, "pid": replica.pid,
+                                "command": replica.command, "log_path": str(replica.log_path),
+                                "restarts": replica.restarts})
+        temporary = self.state_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"pods": records}, indent=1))
+        temporary.replace(self.state_path)
+
+    def _adopt_previous_run(self) -> None:
+        """Adopt pods a previous run left running (same pid and command line); forget the rest."""
+        try:
+            records = json.loads(self.state_path.read_text())["pods"]
+        except (OSError, ValueError, KeyError):
+            records = []
+        adopted: dict[tuple[str, str], _Deployment] = {}
+        for record in records:
+            replica = _Replica(index=record["index"], port=record["port"], log_path=Path(record["log_path"]),
+                               command=list(record["command"]), pid=record["pid"], restarts=record["restarts"])
+            key = (record["model"], record["version"])
+            deployment = adopted.setdefault(key, _Deployment(model=key[0], version=key[1],
+                                                             fingerprint=record["fingerprint"],
+                                                             env=dict(record["env"])))
+            deployment.replicas.append(replica)
+        for key, deployment in adopted.items():
+            if all(r.alive() for r in deployment.replicas):
+                self._deployments[key] = deployment
+                log.info("local_serving.adopted", model=key[0], version=key[1],
+                         pids=[r.pid for r in deployment.replicas])
+            else:
+                # A partial deployment is not worth keeping: stop what is left; deploy() starts it afresh.
+                self._stop_replicas([r for r in deployment.replicas if r.alive()])
+        self._save_state()
+

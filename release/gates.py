@@ -1,0 +1,305 @@
+"""Quality gates, evaluated through real requests to the staged pods.
+
+Measuring (``measure_*``: I/O against pods) is kept apart from judging (``judge``: pure, exhaustively unit
+tested): the measurements and the policy go in, an immutable gate report comes out. Gates:
+
+- metrics on the manifest's eval set (accuracy, macro-F1, top-k, AUC for binary tasks, MAE/RMSE), per threshold;
+- no regression against the current PROD, both measured on the same eval set in the same run;
+- latency p50/p95/p99 and error rate under a short closed-loop load;
+- a smoke gate for artifacts without an eval set (outputs match the declared signature, no errors);
+- custom gates from the ``modelrelease.gates`` entry point group, returning the same report shape.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import structlog
+
+from release.ports import Candidate
+from schemas.errors import PermanentError, Reason, TemporaryError
+from schemas.manifest import Manifest
+from schemas.policy import GatePolicy, LatencyGate, ReleasePolicy
+
+log = structlog.get_logger(__name__)
+
+_DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32,
+           "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
+_LOWER_IS_BETTER = frozenset({"mae", "rmse"})
+CUSTOM_GROUP = "modelrelease.gates"
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def classification_metrics(scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1, top-k and (for two classes) AUC from class scores [n, k] and labels [n]."""
+    y = y.astype(np.int64).reshape(-1)
+    pred = scores.argmax(axis=1)
+    k = scores.shape[1]
+    out = {"accuracy": float((pred == y).mean())}
+    f1s = []
+    for c in range(k):
+        tp = float(((pred == c) & (y == c)).sum())
+        fp = float(((pred == c) & (y != c)).sum())
+        fn = float(((pred != c) & (y == c)).sum())
+        if tp + fp + fn > 0:
+            f1s.append(2 * tp / (2 * tp + fp + fn))
+    out["macro_f1"] = float(np.mean(f1s)) if f1s else 0.0
+    ranked = np.argsort(-scores, axis=1)
+    for top in (2, 3, 5):
+        if top < k:
+            out[f"top_{top}"] = float((ranked[:, :top] == y[:, None]).any(axis=1).mean())
+    if k == 2:
+        out["auc"] = binary_auc(scores[:, 1], y)
+    return out
+
+
+def binary_auc(score: np.ndarray, y: np.ndarray) -> float:
+    """ROC AUC by the rank-sum formula, ties averaged."""
+    positives = y == 1
+    n_pos, n_neg = int(positives.sum()), int((~positives).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), dtype=np.float64)
+    sorted_scores = score[order]
+    i = 0
+    while i < len(score):
+        j = i
+        while j + 1 < len(score) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def regression_metrics(pred: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """MAE and RMSE."""
+    err = pred.reshape(len(y), -1)[:, 0] - y.reshape(-1)
+    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean()))}
+
+
+def percentile_ms(latencies_s: list[float], q: float) -> float:
+    """The q-th percentile of latencies, in milliseconds."""
+    return float(np.percentile(np.asarray(latencies_s) * 1000, q)) if latencies_s else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ judging
+def _gate(name: str, value: float | None, threshold: float | None, passed: bool, **detail: Any) -> dict[str, Any]:
+    return {"name": name, "value": value, "threshold": threshold, "passed": bool(passed), **detail}
+
+
+def judge(policy: GatePolicy, *, metrics: dict[str, float] | None, baseline: dict[str, float] | None,
+          baseline_version: str | None, latency: dict[str, float] | None, smoke: dict[str, Any] | None,
+          custom: list[dict[str, Any]]) -> dict[str, Any]:
+    """The gate report for these measurements under ``policy`` (pure)."""
+    gates: list[dict[str, Any]] = []
+    if metrics is not None:
+        for rule in policy.metrics:
+            value = metrics.get(rule.metric)
+            if value is None:
+                gates.append(_gate(f"metric:{rule.metric}", None, rule.min if rule.min is not None else rule.max,
+                                   False, detail="metric not computable for this model's outputs"))
+                continue
+            ok = (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max)
+            gates.append(_gate(f"metric:{rule.metric}", value, rule.min if rule.min is not None else rule.max, ok,
+                               bound="min" if rule.min is not None else "max"))
+        if baseline is not None:
+            for reg in policy.regression:
+                new, old = metrics.get(reg.metric), baseline.get(reg.metric)
+                if new is None or old is None:
+                    continue
+                drop = (new - old) if reg.metric in _LOWER_IS_BETTER else (old - new)
+                gates.append(_gate(f"regression:{reg.metric}", new, old - reg.max_drop
+                                   if reg.metric not in _LOWER_IS_BETTER else old + reg.max_drop,
+                                   drop <= reg.max_drop + 1e-12, baseline=old, baseline_version=baseline_version,
+                                   drop=drop, max_drop=reg.max_drop))
+    if smoke is not None:
+        gates.append(_gate("smoke", None, None, bool(smoke.get("ok")), detail=smoke.get("detail", "")))
+    if latency is not None and policy.latency is not None:
+        budget: LatencyGate = policy.latency
+        for q, limit in (("p50", budget.p50_ms), ("p95", budget.p95_ms), ("p99", budget.p99_ms)):
+            if limit is not None:
+                value = latency[f"{q}_ms"]
+                gates.append(_gate(f"latency:{q}_ms", value, limit, value <= limit))
+        gates.append(_gate("error_rate", latency["error_rate"], budget.max_error_rate,
+                           latency["error_rate"] <= budget.max_error_rate))
+    gates += custom
+    return {"passed": bool(gates) and all(g["passed"] for g in gates), "gates": gates, "metrics": metrics or {},
+            "baseline_metrics": baseline, "baseline_version": baseline_version, "latency": latency}
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+class PodClient:
+    """Open Inference Protocol requests to one version's pods (round robin)."""
+
+    def __init__(self, candidate: Candidate, *, timeout_s: float = 30.0) -> None:
+        if not candidate.endpoints:
+            raise TemporaryError(f"{candidate.model}/{candidate.version} has no ready endpoints yet")
+        self._candidate = candidate
+        self._manifest = Manifest.model_validate(candidate.manifest)
+        self._client = httpx.Client(timeout=timeout_s)
+        self._next = 0
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        """Run one batch; returns the first output as an array shaped [batch, ...]."""
+        spec = self._manifest.inputs[0]
+        body = {"inputs": [{"name": spec.name, "datatype": spec.datatype.value, "shape": list(x.shape),
+                            "data": x.reshape(-1).tolist()}]}
+        endpoint = self._candidate.endpoints[self._next % len(self._candidate.endpoints)]
+        self._next += 1
+        url = f"{endpoint.rstrip('/')}/v2/models/{self._candidate.model}/infer"
+        try:
+            response = self._client.post(url, json=body)
+        except httpx.TransportError as exc:
+            raise TemporaryError(f"staged pod unreachable at {endpoint}: {exc}") from exc
+        if response.status_code >= 400:
+            raise PermanentError(f"{self._candidate.model}/{self._candidate.version} answered "
+                                 f"{response.status_code}: {response.text[:300]}", reason=Reason.HANDLER_ERROR)
+        output = response.json()["outputs"][0]
+        return np.asarray(output["data"], dtype=np.float64).reshape(output["shape"])
+
+
+def load_eval(candidate: Candidate) -> tuple[np.ndarray, np.ndarray] | None:
+    """The eval set (x, y) of the candidate's artifact, if it names one."""
+    manifest = Manifest.model_validate(candidate.manifest)
+    if manifest.eval is None or candidate.local_path is None:
+        return None
+    path = Path(candidate.local_path) / manifest.eval
+    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
+        return data["x"], data["y"]
+
+
+def measure_quality(client: PodClient, x: np.ndarray, y: np.ndarray, *, batch_size: int,
+                    dtype: Any) -> dict[str, float]:
+    """Metrics of the pods' predictions on the eval set."""
+    outputs = [client.infer(x[i:i + batch_size].astype(dtype)) for i in range(0, len(x), batch_size)]
+    scores = np.concatenate(outputs, axis=0)
+    if np.issubdtype(y.dtype, np.integer) and scores.ndim == 2 and scores.shape[1] > 1:
+        return classification_metrics(scores, y)
+    return regression_metrics(scores, y.astype(np.float64))
+
+
+def measure_latency(client_factory: Callable[[], PodClient], rows: np.ndarray, *,
+                    budget: LatencyGate) -> dict[str, float]:
+    """Closed-loop load at ``budget.concurrency``: single-row requests, latency percentiles and error rate."""
+    latencies: list[float] = []
+    errors = 0
+
+    def worker(count: int) -> tuple[list[float], int]:
+        client = client_factory()
+        own, failed = [], 0
+        try:
+            for i in range(count):
+                started = time.perf_counter()
+                try:
+                    client.infer(rows[i % len(rows)][None, ...])
+                except (PermanentError, TemporaryError):
+                    failed += 1
+                own.append(time.perf_counter() - started)
+        finally:
+            client.close()
+        return own, failed
+
+    per_worker = [budget.requests // budget.concurrency + (1 if i < budget.requests % budget.concurrency else 0)
+                  for i in range(budget.concurrency)]
+    with ThreadPoolExecutor(max_workers=budget.concurrency) as pool:
+        for own, failed in pool.map(worker, per_worker):
+            latencies += own
+            errors += failed
+    return {"p50_ms": percentile_ms(latencies, 50), "p95_ms": percentile_ms(latencies, 95),
+            "p99_ms": percentile_ms(latencies, 99), "error_rate": errors / max(len(latencies), 1),
+            "requests": float(len(latencies)), "concurrency": float(budget.concurrency)}
+
+
+def smoke_input(manifest: Manifest) -> np.ndarray:
+    """A one-row zero input matching the declared input signature."""
+    spec = manifest.inputs[0]
+    shape = [1 if d == -1 else d for d in spec.shape] or [1]
+    return np.zeros(shape, dtype=_DTYPES.get(spec.datatype.value, np.float32))
+
+
+class HttpGateRunner:
+    """``GateRunner`` that measures through HTTP and judges with ``judge``."""
+
+    def evaluate(self, candidate: Candidate, *, baseline: Candidate | None,
+                 policy: ReleasePolicy) -> dict[str, Any]:
+        """Measure the candidate (and the baseline on the same eval set), then judge."""
+        started = time.monotonic()
+        gp = policy.gates
+        manifest = Manifest.model_validate(candidate.manifest)
+        dtype = _DTYPES.get(manifest.inputs[0].datatype.value, np.float32)
+        client = PodClient(candidate)
+        metrics: dict[str, float] | None = None
+        base_metrics: dict[str, float] | None = None
+        latency: dict[str, float] | None = None
+        smoke: dict[str, Any] | None = None
+        rows: np.ndarray
+        timings: dict[str, float] = {}
+        try:
+            eval_set = load_eval(candidate)
+            if eval_set is not None:
+                x, y = eval_set
+                t = time.monotonic()
+                metrics = measure_quality(client, x, y, batch_size=gp.batch_size, dtype=dtype)
+                timings["quality_s"] = time.monotonic() - t
+                if baseline is not None and baseline.endpoints:
+                    base_client = PodClient(baseline)
+                    try:
+                        base_metrics = measure_quality(base_client, x, y, batch_size=gp.batch_size, dtype=dtype)
+                    except (TemporaryError, PermanentError) as error:
+                        log.warning("gates.baseline_failed", baseline=baseline.version, error=str(error))
+                    finally:
+                        base_client.close()
+                rows = x.astype(dtype)
+            else:
+                rows = smoke_input(manifest)
+            if eval_set is None or gp.smoke:
+                smoke = self._smoke(client, manifest)
+            if gp.latency is not None:
+                t = time.monotonic()
+                latency = measure_latency(lambda: PodClient(candidate), rows, budget=gp.latency)
+                timings["latency_s"] = time.monotonic() - t
+        finally:
+            client.close()
+        custom = [self._custom(name, candidate, baseline, policy) for name in gp.custom]
+        report = judge(gp, metrics=metrics, baseline=base_metrics,
+                       baseline_version=baseline.version if baseline else None, latency=latency, smoke=smoke,
+                       custom=custom)
+        timings["total_s"] = time.monotonic() - started
+        report["timings"] = {k: round(v, 3) for k, v in timings.items()}
+        report["version"] = candidate.version
+        log.info("gates.evaluated", passed=report["passed"], metrics=report["metrics"])
+        return report
+
+    def _smoke(self, client: PodClient, manifest: Manifest) -> dict[str, Any]:
+        try:
+            out = client.infer(smoke_input(manifest))
+        except (PermanentError, TemporaryError) as error:
+            return {"ok": False, "detail": str(error)}
+        expected = manifest.outputs[0].shape
+        ok = len(out.shape) == len(expected) and all(e in (-1, a) for e, a in zip(expected, out.shape, strict=True))
+        return {"ok": ok, "detail": f"output shape {list(out.shape)}, declared {expected}"}
+
+    def _custom(self, name: str, candidate: Candidate, baseline: Candidate | None,
+                policy: ReleasePolicy) -> dict[str, Any]:
+        found = [ep for ep in entry_points(group=CUSTOM_GROUP) if ep.name == name]
+        if not found:
+            return _gate(f"custom:{name}", None, None, False, detail=f"no '{CUSTOM_GROUP}' entry point named {name}")
+        try:
+            result = dict(found[0].load()(candidate=candidate, baseline=baseline, policy=policy))
+        except Exception as exc:
+            return _gate(f"custom:{name}", None, None, False, detail=f"{type(exc).__name__}: {exc}")
+        return _gate(f"custom:{name}", result.get("value"), result.get("threshold"), bool(result.get("passed")),
+                     detail=str(result.get("detail", "")))

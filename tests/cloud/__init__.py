@@ -1,0 +1,1 @@
+"""Tests of the Google Cloud adapters against real local servers."""

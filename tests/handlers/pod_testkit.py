@@ -1,0 +1,279 @@
+"""Helpers for the serving-pod tests: artifact builders, the pod process wrapper, request and metric helpers."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "tests" / "data" / "handlers"
+COLORS = ["red", "green", "blue"]
+SENTIMENT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "great", "bad", "awful", "movie", "the", "##s"]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def write_model_dir(root: Path, *, files: dict[str, bytes], **manifest: Any) -> Path:
+    """A model directory: the files, plus a manifest.json listing each with its size and sha256."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    manifest["files"] = {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                         for name, data in files.items()}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+def to_bytes(save: Callable[[Any], None]) -> bytes:
+    """What a torch save function writes, as bytes."""
+    buffer = io.BytesIO()
+    save(buffer)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class Digits:
+    """The digits data set and an MLP trained on it (probabilities out)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    model: nn.Module
+
+
+DIGITS_IO = {
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
+    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+    "labels": [str(i) for i in range(10)],
+}
+
+
+class ColorNet(nn.Module):
+    """Mean of each colour channel, scaled: a pure red, green or blue image is classified by its colour."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3)) * 10.0
+
+
+class BagOfWords(nn.Module):
+    """Sums fixed per-token scores: positive words push class 1, negative words class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        weights = torch.zeros(len(SENTIMENT_VOCAB), 2)
+        for word in ("good", "great"):
+            weights[SENTIMENT_VOCAB.index(word), 1] = 5.0
+        for word in ("bad", "awful"):
+            weights[SENTIMENT_VOCAB.index(word), 0] = 5.0
+        self.embedding = nn.Embedding.from_pretrained(weights, freeze=True)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(ids).sum(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------- artifacts
+@dataclass(frozen=True)
+class Artifacts:
+    """Paths of every artifact the tests serve."""
+
+    root: Path
+    digits_ts: Path
+    digits_sd: Path
+    image: Path
+    text: Path
+    slow: Path
+    mar_class: Path
+    mar_function: Path
+
+
+SLOW_HANDLER = '''
+"""Tabular handler with test knobs: parameters.sleep_s delays the batch, parameters.fail raises."""
+import time
+
+from handlers.builtin.tabular import TabularHandler
+
+
+class SlowTabular(TabularHandler):
+    def preprocess(self, batch):
+        if any(request.parameters.get("fail") for request in batch):
+            raise RuntimeError("asked to fail")
+        time.sleep(max([float(request.parameters.get("sleep_s", 0)) for request in batch]))
+        return super().preprocess(batch)
+'''
+
+MAR_CLASS_HANDLER = '''
+"""A TorchServe BaseHandler subclass: JSON rows in, predicted digit and its probability per row out."""
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+
+def _rows(row):
+    body = row.get("data") or row.get("body")
+    return body["input"] if isinstance(body, dict) else body
+
+
+class DigitsHandler(BaseHandler):
+    def preprocess(self, data):
+        self.sizes = [len(_rows(row)) for row in data]
+        return torch.tensor([r for row in data for r in _rows(row)], dtype=torch.float32)
+
+    def postprocess(self, data):
+        answers = [{"digit": self.mapping[str(int(p.argmax()))], "probability": float(p.max())} for p in data]
+        out, start = [], 0
+        for size in self.sizes:
+            out.append(answers[start:start + size])
+            start += size
+        return out
+'''
+
+MAR_MODEL_FILE = '''
+"""The eager model class of the class-handler archive (weights come as a state dict)."""
+from torch import nn
+
+
+class DigitsNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        self.output = nn.Softmax(dim=-1)
+
+    def forward(self, x):
+        return self.output(self.layers(x))
+'''
+
+MAR_FUNCTION_HANDLER = '''
+"""A module-level TorchServe handle(data, context): TorchScript digits model, answers the digit per row."""
+import os
+
+import torch
+
+_model = None
+
+
+def handle(data, context):
+    global _model
+    if _model is None:
+        properties = context.system_properties
+        path = os.path.join(properties["model_dir"], context.manifest["model"]["serializedFile"])
+        _model = torch.jit.load(path)
+    if data is None:
+        return None
+    answers = []
+    for row in data:
+        body = row.get("body")
+        rows = torch.tensor(body["input"] if isinstance(body, dict) else body, dtype=torch.float32)
+        answers.append([int(d) for d in _model(rows).argmax(dim=1)])
+    return answers
+'''
+
+
+def archive(tmp: Path, *, name: str, serialized: Path, handler: str, extra: dict[str, str],
+            model_file: str | None = None) -> Path:
+    """A .mar made by the real torch-model-archiver."""
+    work = tmp / f"{name}-src"
+    work.mkdir()
+    (work / "handler.py").write_text(handler)
+    args = [str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name, "--version", "1.0",
+            "--serialized-file", str(serialized), "--handler", str(work / "handler.py"),
+            "--export-path", str(tmp), "--force"]
+    if model_file is not None:
+        (work / "model.py").write_text(model_file)
+        args += ["--model-file", str(work / "model.py")]
+    if extra:
+        for file_name, text in extra.items():
+            (work / file_name).write_text(text)
+        args += ["--extra-files", ",".join(str(work / f) for f in extra)]
+    subprocess.run(args, check=True, capture_output=True, timeout=120)
+    return tmp / f"{name}.mar"
+
+
+def infer_body(rows: np.ndarray, **extra: Any) -> dict[str, Any]:
+    """An OIP infer body for rows of digits features."""
+    return {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
+                        "data": rows.ravel().tolist()}], **extra}
+
+
+def metric_samples(text: str, name: str) -> dict[str, float]:
+    """Samples of one metric family from Prometheus text, keyed by the sample line's name and labels."""
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            samples[key] = float(value)
+    return samples
+
+
+
+# ---------------------------------------------------------------------------------------------- pods
+class Pod:
+    """A real ``python -m handlers.server`` process on a free port, its log in a file."""
+
+    def __init__(self, artifact: Path, *, log_dir: Path, args: list[str] | None = None,
+                 env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"pod-{self.port}.log"
+        command = [sys.executable, "-m", "handlers.server", "--artifact", str(artifact), "--host", "127.0.0.1",
+                   "--port", str(self.port), "--torch-threads", "1", *(args or [])]
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(command, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+    @property
+    def log(self) -> str:
+        """Everything the pod printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, *, timeout_s: float = 60.0) -> Pod:
+        """Poll readiness (bounded); fail with the pod's log if it exits or never gets ready."""
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=1.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise AssertionError(f"pod exited with {self.process.returncode}:\n{self.log}")
+                try:
+                    if client.get(f"{self.url}/v2/health/ready").status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+        raise AssertionError(f"pod not ready after {timeout_s}s:\n{self.log}")
+
+    def wait_exit(self, *, timeout_s: float = 60.0) -> int:
+        """The exit code, once the process is gone."""
+        return self.process.wait(timeout=timeout_s)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._log.close()
+
+
