@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "tests" / "data" / "handlers"
 COLORS = ["red", "green", "blue"]
 SENTIMENT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "great", "bad", "awful", "movie", "the", "##s"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,8 +71,6 @@ def test_killed_pod_is_restarted(backend: LocalServingBackend, artifacts: Artifa
 def test_pod_that_cannot_load_fails_with_log_excerpt(backend: LocalServingBackend, artifacts: Artifacts,
                                                      tmp_path: Path):
     """A pod whose artifact is refused fails wait_ready with rollout_failed and the pod log's reason."""
-    import shutil
-
     broken = Path(shutil.copytree(artifacts.digits_ts, tmp_path / "broken"))
     (broken / "model.pt").write_bytes(b"x" * (broken / "model.pt").stat().st_size)
     spec = spec_for(broken)
@@ -120,6 +119,14 @@ def test_restarted_control_plane_adopts_running_pods(artifacts: Artifacts, tmp_p
     finally:
         successor.close()
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+    while running(pid):
         assert time.monotonic() < deadline, "the adopted pod is still running"
         time.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
