@@ -28,7 +28,7 @@ import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -39,6 +39,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from release.adapters.vendor_errors import ErrorTable, raise_translated, translated
 from release.ports import ObjectInfo
 from schemas.errors import NotFound, PermanentError, Reason, ReleaseError, TemporaryError
 
@@ -46,7 +47,7 @@ _SCHEME = "gs://"
 
 # Vendor error -> (our class, reason). The first match wins, so subclasses come before their bases.
 # NotFound is absent on purpose: what a missing object means depends on the call (see the methods).
-_ERRORS: tuple[tuple[type[BaseException], type[ReleaseError], Reason], ...] = (
+_ERRORS: ErrorTable = (
     (api_exceptions.TooManyRequests, TemporaryError, Reason.UNAVAILABLE),
     (api_exceptions.ServerError, TemporaryError, Reason.UNAVAILABLE),
     (api_exceptions.Unauthorized, PermanentError, Reason.UNAUTHORIZED),
@@ -63,20 +64,11 @@ _ERRORS: tuple[tuple[type[BaseException], type[ReleaseError], Reason], ...] = (
 
 
 def _raise_translated(error: BaseException, action: str) -> NoReturn:
-    for vendor, ours, reason in _ERRORS:
-        if isinstance(error, vendor):
-            raise ours(f"Cloud Storage {action} failed: {error}", reason=reason) from error
-    raise error
+    raise_translated(error, table=_ERRORS, what=f"Cloud Storage {action}")
 
 
-@contextmanager
-def _translated(action: str) -> Iterator[None]:
-    try:
-        yield
-    except ReleaseError:
-        raise
-    except Exception as e:  # _raise_translated re-raises anything it does not know
-        _raise_translated(e, action)
+def _translated(action: str) -> AbstractContextManager[None]:
+    return translated(table=_ERRORS, what=f"Cloud Storage {action}")
 
 
 def parse_gs_uri(uri: str) -> tuple[str, str]:

@@ -42,8 +42,8 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, NoReturn
@@ -60,8 +60,9 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from release import journal
+from release.adapters.vendor_errors import ErrorTable, raise_translated, translated
 from release.ports import Message, SubscriptionSpec
-from schemas.errors import PermanentError, Reason, ReleaseError, TemporaryError
+from schemas.errors import PermanentError, Reason, TemporaryError
 from schemas.events import CloudEvent, Topic
 from schemas.tables import EventRecord
 
@@ -82,7 +83,7 @@ _AWAITED_PRUNE_AT = 10_000
 _CE_ATTRIBUTES = ("id", "type", "source", "specversion", "subject", "time")
 
 # Vendor error -> (our class, reason); the first match wins.
-_ERRORS: tuple[tuple[type[BaseException], type[ReleaseError], Reason], ...] = (
+_ERRORS: ErrorTable = (
     (api_exceptions.Unauthenticated, PermanentError, Reason.UNAUTHORIZED),
     (api_exceptions.PermissionDenied, PermanentError, Reason.UNAUTHORIZED),
     (api_exceptions.InvalidArgument, PermanentError, Reason.INTERNAL),
@@ -98,20 +99,11 @@ _ERRORS: tuple[tuple[type[BaseException], type[ReleaseError], Reason], ...] = (
 
 
 def _raise_translated(error: BaseException, action: str) -> NoReturn:
-    for vendor, ours, reason in _ERRORS:
-        if isinstance(error, vendor):
-            raise ours(f"Pub/Sub {action} failed: {error}", reason=reason) from error
-    raise error
+    raise_translated(error, table=_ERRORS, what=f"Pub/Sub {action}")
 
 
-@contextmanager
-def _translated(action: str) -> Iterator[None]:
-    try:
-        yield
-    except ReleaseError:
-        raise
-    except Exception as e:  # _raise_translated re-raises anything it does not know
-        _raise_translated(e, action)
+def _translated(action: str) -> AbstractContextManager[None]:
+    return translated(table=_ERRORS, what=f"Pub/Sub {action}")
 
 
 def encode(event: CloudEvent) -> tuple[bytes, dict[str, str]]:
