@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from handlers.base import HandlerContext, InferenceResult
+from handlers.base import Handler, HandlerContext, InferenceResult
 from schemas.errors import ArtifactRejected, Reason
 from schemas.manifest import Manifest
+
+if TYPE_CHECKING:
+    from handlers.runner import ModelRunner
 
 
 def require_manifest(context: HandlerContext) -> Manifest:
@@ -82,3 +85,19 @@ class Classifier:
                                            payload=payload))
             start += size
         return results
+
+
+class ClassifierHandler(Handler):
+    """What every built-in classifier shares once its ``preprocess`` has built a ``ClassifierBatch``."""
+
+    runner: ModelRunner
+    classifier: Classifier
+
+    def inference(self, batch: ClassifierBatch) -> ClassifierScores:
+        """Class probabilities for every item of the batch in one forward pass."""
+        return ClassifierScores(self.classifier.probabilities(self.runner(batch.model_input)[0]), batch.sizes,
+                                batch.unwrap)
+
+    def postprocess(self, batch: ClassifierScores) -> list[InferenceResult]:
+        """Per request: the probability rows, and one ``{label: probability}`` top-k map per item."""
+        return self.classifier.results(batch.probabilities, batch.sizes, batch.unwrap)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from handlers.base import Handler, HandlerContext, InferenceRequest, InferenceResult
-from handlers.builtin.common import Classifier, ClassifierBatch, ClassifierScores, require_manifest
+from handlers.base import HandlerContext, InferenceRequest
+from handlers.builtin.common import Classifier, ClassifierBatch, ClassifierHandler, require_manifest
 from handlers.models import load_model
 from handlers.runner import ModelRunner
 from handlers.tensors import bad_request
@@ -38,11 +38,9 @@ def _image_bytes(item: Any) -> bytes:
         raise bad_request("invalid_image", f"image is neither raw bytes nor valid base64: {e}") from e
 
 
-class ImageClassifierHandler(Handler):
+class ImageClassifierHandler(ClassifierHandler):
     """Decodes each image with Pillow, stacks the batch as NCHW float, and answers top-k labels per image."""
 
-    runner: ModelRunner
-    classifier: Classifier
     input_name: str
 
     def initialize(self, context: HandlerContext) -> None:
@@ -94,15 +92,6 @@ class ImageClassifierHandler(Handler):
             sizes.append(len(images))
             unwrap.append(single)
         return ClassifierBatch(torch.from_numpy(np.stack(pixels)), sizes, unwrap)
-
-    def inference(self, batch: ClassifierBatch) -> ClassifierScores:
-        """Class probabilities for every image in one forward pass."""
-        return ClassifierScores(self.classifier.probabilities(self.runner(batch.model_input)[0]), batch.sizes,
-                                batch.unwrap)
-
-    def postprocess(self, batch: ClassifierScores) -> list[InferenceResult]:
-        """Per request: the probability rows, and one ``{label: probability}`` top-k map per image."""
-        return self.classifier.results(batch.probabilities, batch.sizes, batch.unwrap)
 
     def warmup(self) -> None:
         """Forward passes on blank images of the configured size."""

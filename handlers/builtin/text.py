@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from handlers.base import Handler, HandlerContext, InferenceRequest, InferenceResult
-from handlers.builtin.common import Classifier, ClassifierBatch, ClassifierScores, require_manifest
+from handlers.base import HandlerContext, InferenceRequest
+from handlers.builtin.common import Classifier, ClassifierBatch, ClassifierHandler, require_manifest
 from handlers.models import load_model
 from handlers.runner import ModelRunner
 from handlers.tensors import bad_request
@@ -29,11 +29,9 @@ def _text(item: Any) -> str:
         raise bad_request("invalid_text", f"text is not UTF-8: {e}") from e
 
 
-class TextClassifierHandler(Handler):
+class TextClassifierHandler(ClassifierHandler):
     """Tokenizes every text of the batch, pads once, runs one forward pass, answers top-k labels per text."""
 
-    runner: ModelRunner
-    classifier: Classifier
     tokenizer: WordPieceTokenizer
     input_name: str
 
@@ -84,15 +82,6 @@ class TextClassifierHandler(Handler):
             sizes.append(len(texts))
             unwrap.append(single)
         return ClassifierBatch(self._pad(encoded), sizes, unwrap)
-
-    def inference(self, batch: ClassifierBatch) -> ClassifierScores:
-        """Class probabilities for every text in one forward pass."""
-        return ClassifierScores(self.classifier.probabilities(self.runner(batch.model_input)[0]), batch.sizes,
-                                batch.unwrap)
-
-    def postprocess(self, batch: ClassifierScores) -> list[InferenceResult]:
-        """Per request: the probability rows, and one top-k map per text."""
-        return self.classifier.results(batch.probabilities, batch.sizes, batch.unwrap)
 
     def warmup(self) -> None:
         """A forward pass on one short text."""
