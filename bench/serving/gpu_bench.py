@@ -236,7 +236,8 @@ def served(case: Case, folder: Path, *, device: str, seconds: float, concurrency
                "--max-batch-delay-ms", "2", "--queue-size", "4096", "--log-format", "json", *case.extra_args]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONPATH": str(REPO)})
+                                   env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                       p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)})
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
