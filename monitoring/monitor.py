@@ -61,6 +61,8 @@ from schemas.tables import DriftAlertStateRow, DriftMeasurementRow, PredictionLo
 log = structlog.get_logger(__name__)
 
 MONITOR_SUBSCRIPTION = "drift-monitor"
+#: On ``model-events``: builds each version's reference profile when it is registered, before it serves.
+PROFILE_SUBSCRIPTION = "drift-profiles"
 ACTOR = "drift-monitor"
 #: How long prediction request ids are kept for joining feedback; older rows are pruned by ``flush``.
 PREDICTION_RETENTION = timedelta(days=7)
@@ -73,8 +75,10 @@ WebhookSender = Callable[[str, dict[str, Any]], None]
 
 
 def subscriptions(*, ack_deadline_s: float = 60.0, max_attempts: int = 5) -> list[SubscriptionSpec]:
-    """The subscriptions the monitor consumes: ``drift-monitor`` on ``prediction-logs``."""
+    """What the monitor consumes: predictions on ``prediction-logs``, registrations on ``model-events``."""
     return [SubscriptionSpec(name=MONITOR_SUBSCRIPTION, topic=Topic.PREDICTION_LOGS,
+                             ack_deadline_s=ack_deadline_s, max_attempts=max_attempts),
+            SubscriptionSpec(name=PROFILE_SUBSCRIPTION, topic=Topic.MODEL_EVENTS,
                              ack_deadline_s=ack_deadline_s, max_attempts=max_attempts)]
 
 
@@ -117,6 +121,19 @@ class DriftMonitor:
         self._windows: dict[WindowKey, WindowAccumulator] = {}
 
     # ------------------------------------------------------------------------------------------ entry points
+    def handle_registration(self, event: CloudEvent) -> None:
+        """Build and store the reference profile of a newly registered version (other events are ignored).
+
+        Intake cannot do it (the release core does not import monitoring), so the profile is built from the
+        same ``model.registered`` event the controller reacts to; ``handle`` still builds one lazily for
+        versions registered before the monitor ran.
+        """
+        if event.type != EventType.MODEL_REGISTERED or event.model is None or event.version is None:
+            return
+        info = self._load((event.model, event.version))
+        if info is not None:
+            self._versions[(event.model, event.version)] = info
+
     def handle(self, event: CloudEvent) -> None:
         """Count one ``predictions.logged`` batch; other event types on the topic are ignored."""
         if event.type != EventType.PREDICTIONS_LOGGED:
