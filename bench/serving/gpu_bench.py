@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import socket
 import statistics
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,19 +192,19 @@ def model_dir(case: Case, folder: Path) -> Path:
     return target
 
 
-def binary_body(case: Case) -> tuple[bytes, dict[str, str]]:
-    """One-item OIP request with the tensor in the binary extension (no JSON number parsing)."""
-    raw = case.example.unsqueeze(0).contiguous().numpy().tobytes()
+def binary_body(case: Case, items: int = 1) -> tuple[bytes, dict[str, str]]:
+    """An OIP request of ``items`` inputs with the tensor in the binary extension (no JSON number parsing)."""
+    raw = case.example.unsqueeze(0).expand(items, *case.example.shape).contiguous().numpy().tobytes()
     header = json.dumps({"inputs": [{"name": "input", "datatype": case.datatype,
-                                     "shape": [1, *case.example.shape],
+                                     "shape": [items, *case.example.shape],
                                      "parameters": {"binary_data_size": len(raw)}}]}).encode()
     return header + raw, {"Inference-Header-Content-Length": str(len(header)),
                           "Content-Type": "application/octet-stream"}
 
 
 async def closed_loop(url: str, body: bytes, headers: dict[str, str], *, concurrency: int,
-                      seconds: float) -> dict[str, float]:
-    """Closed-loop load on loopback: answers per second and p50 latency (bounded by time)."""
+                      seconds: float) -> tuple[list[float], int]:
+    """Closed-loop load on loopback from one process: latencies of answered requests and the error count."""
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -223,11 +225,34 @@ async def closed_loop(url: str, body: bytes, headers: dict[str, str], *, concurr
                         errors += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return {"items_per_s": len(latencies) / seconds, "p50_ms": statistics.median(latencies) * 1000 if latencies
-            else float("nan"), "errors": errors}
+    return latencies, errors
 
 
-def served(case: Case, folder: Path, *, device: str, seconds: float, concurrency: int) -> dict[str, Any]:
+def _client_process(url: str, body: bytes, headers: dict[str, str], concurrency: int,
+                    seconds: float) -> tuple[list[float], int]:
+    return asyncio.run(closed_loop(url, body, headers, concurrency=concurrency, seconds=seconds))
+
+
+def load(url: str, body: bytes, headers: dict[str, str], *, concurrency: int, seconds: float, items: int,
+         processes: int) -> dict[str, float]:
+    """Closed-loop load split over ``processes`` client processes, so the client's own GIL is not the limit."""
+    processes = max(1, min(processes, concurrency))
+    shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
+    if processes == 1:
+        results = [_client_process(url, body, headers, concurrency, seconds)]
+    else:
+        with ProcessPoolExecutor(max_workers=processes, mp_context=mp.get_context("spawn")) as pool:
+            results = list(pool.map(_client_process, *zip(*[(url, body, headers, n, seconds) for n in shares],
+                                                          strict=True)))
+    latencies = [x for own, _ in results for x in own]
+    errors = sum(e for _, e in results)
+    return {"items_per_s": len(latencies) * items / seconds, "requests_per_s": len(latencies) / seconds,
+            "p50_ms": statistics.median(latencies) * 1000 if latencies else float("nan"), "errors": errors,
+            "items_per_request": items, "client_processes": processes}
+
+
+def served(case: Case, folder: Path, *, device: str, seconds: float, concurrency: int, items: int,
+           processes: int) -> dict[str, Any]:
     """Start a pod for the case, measure saturation and concurrency-1 latency, stop it."""
     port = free_port()
     log_path = folder / f"{case.name}.log"
@@ -250,16 +275,22 @@ def served(case: Case, folder: Path, *, device: str, seconds: float, concurrency
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        body, headers = binary_body(case)
         url = f"{base}/v2/models/{case.name}/infer"
-        check = httpx.post(url, content=body, headers=headers, timeout=60)
-        if check.status_code != 200:
-            raise RuntimeError(f"{case.name}: {check.status_code} {check.text}")
-        saturated = asyncio.run(closed_loop(url, body, headers, concurrency=concurrency, seconds=seconds))
-        single = asyncio.run(closed_loop(url, body, headers, concurrency=1, seconds=seconds))
+        body, headers = binary_body(case)
+        multi_body, multi_headers = binary_body(case, items)
+        for check_body, check_headers in ((body, headers), (multi_body, multi_headers)):
+            check = httpx.post(url, content=check_body, headers=check_headers, timeout=60)
+            if check.status_code != 200:
+                raise RuntimeError(f"{case.name}: {check.status_code} {check.text}")
+        saturated = load(url, body, headers, concurrency=concurrency, seconds=seconds, items=1,
+                         processes=processes)
+        saturated_multi = load(url, multi_body, multi_headers, concurrency=concurrency, seconds=seconds,
+                               items=items, processes=processes)
+        single = load(url, body, headers, concurrency=1, seconds=seconds, items=1, processes=1)
         batches = [line for line in httpx.get(f"{base}/metrics").text.splitlines()
                    if line.startswith("pod_batch_size_") and not line.startswith("pod_batch_size_bucket")]
-        return {"saturated": saturated, "concurrency_1": single, "batch_metrics": batches}
+        return {"saturated": saturated, "saturated_multi_item": saturated_multi, "concurrency_1": single,
+                "batch_metrics": batches}
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -271,6 +302,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU")
     parser.add_argument("--seconds", type=float, default=None, help="measuring time per point")
     parser.add_argument("--concurrency", type=int, default=None, help="clients at saturation")
+    parser.add_argument("--items-per-request", type=int, default=16, help="inputs per request, second load")
+    parser.add_argument("--client-processes", type=int, default=None, help="load generator processes")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -283,10 +316,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         for case in cases(smoke=args.smoke, dtype=dtype):
             raw = raw_forward(case, device=device, dtype=dtype, seconds=seconds / 2)
-            pod = served(case, Path(tmp), device=device.type, seconds=seconds, concurrency=concurrency)
+            pod = served(case, Path(tmp), device=device.type, seconds=seconds, concurrency=concurrency,
+                         items=args.items_per_request,
+                         processes=args.client_processes or (2 if args.smoke else 8))
             summary["models"][case.name] = {
                 "batch": case.batch, "raw": raw, "served": pod,
                 "throughput_ratio": pod["saturated"]["items_per_s"] / raw["items_per_s"],
+                "throughput_ratio_multi_item": pod["saturated_multi_item"]["items_per_s"] / raw["items_per_s"],
                 "batch1_overhead_ms": pod["concurrency_1"]["p50_ms"] - raw["batch1_p50_ms"],
             }
     summary["wall_s"] = round(time.perf_counter() - started, 1)
