@@ -309,6 +309,7 @@ def list_aliases(session: Session, model: str) -> list[AliasView]:
 
 def resolve(session: Session, model: str, ref: str) -> VersionView:
     """A version by version string or by alias name (an alias wins only when no version has that name)."""
+    _model_row(session, model)  # an unknown model is MODEL_NOT_FOUND, not a missing version
     try:
         return get_version(session, model, ref)
     except NotFound:

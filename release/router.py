@@ -5,7 +5,9 @@
 - Resolution is cached for at most ``ttl_s`` (staleness bound < 1 s); ``invalidate`` drops it at once when an
   ``alias.moved`` event is seen in-process.
 - Canary weights split PROD traffic; pods of a version are used round robin over keep-alive pools; a request is
-  retried on another pod only when the connection itself failed (never after the pod may have run it).
+  retried on another pod only when no pod ran it: the connection failed, or the pod refused with 503 not_ready
+  (starting or draining), never after the pod may have run it. When every pod of the cached route refused, the
+  route is resolved afresh once (a rollback retires the old version's pods within the cache TTL).
 - Every response carries ``X-Request-ID`` (taken from the request or generated), ``X-Group-Request-ID`` when
   given, ``X-Model-Version`` and ``Server-Timing``.
 - Predictions are logged to ``prediction-logs`` sampled, batched and off the request path through a bounded
@@ -192,7 +194,8 @@ class RouterMetrics:
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
         self.overhead = Histogram("router_overhead_seconds", "Router time outside the upstream call.",
                                   registry=registry_, buckets=(.0001, .00025, .0005, .001, .0025, .005, .01, .05))
-        self.retries = Counter("router_upstream_retries", "Requests retried on another pod after a connect error.",
+        self.retries = Counter("router_upstream_retries",
+                               "Attempts retried on another pod: connect error or not-ready refusal.",
                                registry=registry_)
         self.dropped = Counter("router_prediction_logs_dropped", "Prediction records dropped: buffer full.",
                                registry=registry_)
@@ -280,24 +283,19 @@ class Router:
         path = (f"/v2/models/{model}/infer" if style == "v2" else f"/predictions/{model}")
         forward = {"content-type": request.headers.get("content-type", "application/json"),
                    "x-request-id": request_id}
-        upstream_s = 0.0
-        status, payload, content_type = 503, b"", "application/json"
-        for attempt in range(len(endpoints)):
-            endpoint = endpoints[(self._next.get(version, 0) + attempt) % len(endpoints)]
-            t0 = time.perf_counter()
-            try:
-                assert self._session is not None
-                async with self._session.post(endpoint.rstrip("/") + path, data=body, headers=forward) as resp:
-                    payload = await resp.read()
-                    status = resp.status
-                    content_type = resp.headers.get("content-type", content_type)
-                upstream_s = time.perf_counter() - t0
-                break
-            except aiohttp.ClientConnectorError as exc:
-                # Connection refused or reset before sending: the pod never saw it, another pod may take it.
-                self._metrics.retries.inc()
-                payload = orjson.dumps({"error": f"pod unreachable: {exc}", "reason": str(Reason.UNAVAILABLE)})
-        self._next[version] = self._next.get(version, 0) + 1
+        status, payload, content_type, upstream_s, refused = await self._forward(version, endpoints, path, body,
+                                                                                  forward)
+        if refused:
+            # Every pod of the version refused before running the request: the cached route is stale (the
+            # version was retired after an alias moved, within the cache TTL). Resolve afresh and go there once.
+            self.table.invalidate(model)
+            with contextlib.suppress(ReleaseError):
+                fresh = await asyncio.to_thread(self.table.lookup, model, ref)
+                again = fresh.pick(self._rng)
+                if again != (version, endpoints):
+                    target, (version, endpoints) = fresh, again
+                    status, payload, content_type, upstream_s, _ = await self._forward(version, endpoints, path,
+                                                                                        body, forward)
         total = time.perf_counter() - started
         headers.update({"X-Model-Version": version, "X-Model-Name": model,
                         "Server-Timing": f"upstream;dur={upstream_s * 1000:.2f}, total;dur={total * 1000:.2f}"})
@@ -307,6 +305,44 @@ class Router:
         if status < 400 and self._logger is not None and self._rng.random() < target.sample_rate:
             self._log(model, version, request_id, group_id, received, total, body, payload)
         return Response(payload, status_code=status, media_type=content_type, headers=headers)
+
+    async def _forward(self, version: str, endpoints: tuple[str, ...], path: str, body: bytes,
+                       forward: dict[str, str]) -> tuple[int, bytes, str, float, bool]:
+        """Send to the version's pods round robin; try the next pod only when this one never ran the request.
+
+        Returns status, body, content type, upstream seconds, and whether every pod refused without running it.
+        """
+        assert self._session is not None
+        status, payload, content_type, upstream_s = 503, b"", "application/json", 0.0
+        for attempt in range(len(endpoints)):
+            endpoint = endpoints[(self._next.get(version, 0) + attempt) % len(endpoints)]
+            t0 = time.perf_counter()
+            try:
+                async with self._session.post(endpoint.rstrip("/") + path, data=body, headers=forward) as resp:
+                    payload = await resp.read()
+                    status = resp.status
+                    content_type = resp.headers.get("content-type", content_type)
+                upstream_s = time.perf_counter() - t0
+            except aiohttp.ClientConnectorError as exc:
+                # Connection refused or reset before sending: the pod never saw it, another pod may take it.
+                self._metrics.retries.inc()
+                payload = orjson.dumps({"error": f"pod unreachable: {exc}", "reason": str(Reason.UNAVAILABLE)})
+                continue
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # The pod may have run it (disconnect mid-answer, timeout): answer, never retry.
+                status = 504 if isinstance(exc, TimeoutError) else 502
+                payload = orjson.dumps({"error": f"pod failed: {type(exc).__name__}: {exc}",
+                                        "reason": str(Reason.UNAVAILABLE)})
+                upstream_s = time.perf_counter() - t0
+                break
+            if not _not_ready(status, payload):
+                break
+            self._metrics.retries.inc()  # a draining or starting pod refuses before running anything
+        else:
+            self._next[version] = self._next.get(version, 0) + 1
+            return status, payload, content_type, upstream_s, True
+        self._next[version] = self._next.get(version, 0) + 1
+        return status, payload, content_type, upstream_s, False
 
     def _log(self, model: str, version: str, request_id: str, group_id: str | None, received: datetime,
              total_s: float, body: bytes, payload: bytes) -> None:
@@ -324,6 +360,16 @@ class Router:
                 version=version, received_at=received, completed_at=completed, latency_ms=total_s * 1000,
                 inputs=rows[i], outputs=out,
                 predicted_class=int(max(range(len(out)), key=out.__getitem__)) if out else None))
+
+
+def _not_ready(status: int, payload: bytes) -> bool:
+    """True when a pod refused with 503 not_ready (starting or draining): it ran nothing."""
+    if status != 503:
+        return False
+    try:
+        return bool(orjson.loads(payload).get("reason") == str(Reason.NOT_READY))
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
 
 
 def _rows(document: Any, *, key: str = "inputs") -> list[list[float]]:
