@@ -21,12 +21,18 @@ from release import journal, registry
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
 from release.cli_monitoring import register as register_monitoring
 from release.db import session_scope
+from release.ports import DeploymentSpec, SubscriptionSpec
 from release.settings import Settings
 from release.worker import Consumer, run_until_idle
 from schemas.errors import ReleaseError
+from schemas.events import Topic
+from schemas.policy import ReleasePolicy
 from schemas.states import VersionState
 
 log = structlog.get_logger(__name__)
+
+#: The roles of ``release up --only`` (the same tuple as ``release.stack.ROLES``, which imports uvicorn).
+ROLES = ("all", "controller", "router", "api", "monitor", "intake")
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -213,11 +219,60 @@ def _guarded(step: Callable[[str, str], object], model: str, version: str) -> No
         log.warning("resume.failed", error=str(error))
 
 
-def cmd_up(app: App, _args: argparse.Namespace) -> int:
-    """Run the whole stack until stopped: bucket watcher, intake, controller, router and API."""
+def cmd_up(app: App, args: argparse.Namespace) -> int:
+    """Run the whole stack, or one role of it (``--only``), until stopped."""
     from release.stack import run_stack
 
-    return run_stack(app)
+    return run_stack(app, role=args.only)
+
+
+def cmd_setup(app: App, args: argparse.Namespace) -> int:
+    """Create the topics, dead-letter topics and consumer subscriptions; the store was migrated by bootstrap."""
+    from monitoring.monitor import subscriptions as monitor_subscriptions
+
+    settings = app.settings
+    specs = [SubscriptionSpec(name=CONTROLLER_SUBSCRIPTION, topic=Topic.MODEL_EVENTS,
+                              ack_deadline_s=settings.ack_deadline_s, max_attempts=settings.max_attempts),
+             *monitor_subscriptions(ack_deadline_s=settings.ack_deadline_s, max_attempts=settings.max_attempts)]
+    topics = list(Topic)
+    setup = getattr(app.bus, "setup", None)
+    try:
+        if callable(setup):
+            setup(topics, specs)  # Pub/Sub: topics exist apart from subscriptions
+        else:
+            for spec in specs:
+                app.bus.ensure_subscription(spec)
+    finally:
+        app.close()
+    summary = {"bus": settings.bus, "store": "migrated",
+               "topics": [str(t) for t in topics] if callable(setup) else [],
+               "subscriptions": [{"name": s.name, "topic": str(s.topic), "max_attempts": s.max_attempts}
+                                 for s in specs]}
+    _emit(args, summary, lambda p: f"bus {p['bus']}: topics {', '.join(p['topics']) or '(none on this bus)'}\n"
+          + _table(p["subscriptions"], ["name", "topic", "max_attempts"]))
+    return 0
+
+
+def cmd_deploy_render(app: App, args: argparse.Namespace) -> int:
+    """Print the Kubernetes objects that would serve a registered version (what the controller applies)."""
+    import yaml
+
+    from release.adapters.k8s_manifests import ServingOptions, render_version
+
+    with session_scope(app.engine) as s:
+        view = registry.resolve(s, args.name, args.version)
+    rollout = ReleasePolicy.model_validate(view.policy or {}).rollout
+    gpu = args.gpu if args.gpu is not None else app.settings.gpu == "on"
+    spec = DeploymentSpec(model=view.model, version=view.version, artifact_uri=view.artifact_uri,
+                          replicas=rollout.replicas, gpu=gpu, allow_handler_code=rollout.allow_handler_code)
+    options = ServingOptions(image=args.image or app.settings.k8s_image,
+                             **({"accelerator": args.accelerator} if args.accelerator else {}))
+    manifests = render_version(spec, namespace=args.namespace or app.settings.k8s_namespace, options=options)
+    if args.json:
+        print(json.dumps(manifests, indent=2))
+    else:
+        print(yaml.safe_dump_all(manifests, sort_keys=False), end="")
+    return 0
 
 
 def cmd_dead_letters(app: App, args: argparse.Namespace) -> int:
@@ -248,7 +303,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    command("up", cmd_up, "run the whole stack until stopped")
+    p = command("up", cmd_up, "run the whole stack (or one role of it) until stopped")
+    p.add_argument("--only", choices=ROLES, default="all",
+                   help="run one role of the control plane (a Kubernetes Deployment each); default: all")
+    command("setup", cmd_setup, "create topics, dead-letter topics and subscriptions; migrate the store")
+    deploy = sub.add_parser("deploy", help="Kubernetes serving objects", description="Kubernetes serving objects")
+    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
+    text = "print the Kubernetes manifests of a registered version as YAML (--json: a JSON list)"
+    p = deploy_sub.add_parser("render", help=text, description=text)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_deploy_render)
+    p.add_argument("name")
+    p.add_argument("version", help="a version string or an alias")
+    p.add_argument("--namespace", help="default: RELEASE_K8S_NAMESPACE")
+    p.add_argument("--image", help="serving pod image; default: RELEASE_K8S_IMAGE")
+    p.add_argument("--accelerator", help="GKE accelerator label value, e.g. nvidia-l4")
+    p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="request GPUs (default: RELEASE_GPU=on)")
     p = command("run", cmd_run, "process everything in the bucket through the whole flow")
     p.add_argument("--until-idle", action="store_true", help="exit once no work is pending")
     command("models", cmd_models, "list models")

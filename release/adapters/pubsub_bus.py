@@ -226,6 +226,7 @@ class PubSubEventBus:
         """
         for topic in topics:
             self._ensure_topic(self.topic_path(topic))
+            self._ensure_dead_letter(topic)
         for spec in subscriptions:
             self.ensure_subscription(spec)
 
@@ -233,12 +234,8 @@ class PubSubEventBus:
         """Create the topic, its dead-letter topic (with a subscription keeping the dead letters) and the
         subscription when missing. An existing subscription is kept as it is."""
         topic = self.topic_path(spec.topic)
-        dead_letter = f"{spec.topic}{DEAD_LETTER_SUFFIX}"
         self._ensure_topic(topic)
-        self._ensure_topic(self.topic_path(dead_letter))
-        self._create_subscription(pubsub_v1.types.Subscription(
-            name=self.subscription_path(dead_letter), topic=self.topic_path(dead_letter),
-            ack_deadline_seconds=ACK_DEADLINE_RANGE_S[1]))
+        dead_letter = self._ensure_dead_letter(spec.topic)
         self._create_subscription(pubsub_v1.types.Subscription(
             name=self.subscription_path(spec.name), topic=topic,
             ack_deadline_seconds=_clamp(spec.ack_deadline_s, ACK_DEADLINE_RANGE_S),
@@ -251,6 +248,15 @@ class PubSubEventBus:
         with self._lock:
             self._specs[spec.name] = spec
             self._awaited.setdefault(spec.name, _Awaited())
+
+    def _ensure_dead_letter(self, topic: str) -> str:
+        """``<topic>-dead-letter`` and the subscription that keeps its messages; returns its name."""
+        dead_letter = f"{topic}{DEAD_LETTER_SUFFIX}"
+        self._ensure_topic(self.topic_path(dead_letter))
+        self._create_subscription(pubsub_v1.types.Subscription(
+            name=self.subscription_path(dead_letter), topic=self.topic_path(dead_letter),
+            ack_deadline_seconds=ACK_DEADLINE_RANGE_S[1]))
+        return dead_letter
 
     def _ensure_topic(self, path: str) -> None:
         with self._lock:
