@@ -29,7 +29,10 @@ log = structlog.get_logger(__name__)
 
 
 def _intake(data: StorageObjectData) -> dict[str, Any]:
-    result = bootstrap(Settings()).intake.handle_object(data)
+    app = bootstrap(Settings())
+    result = app.intake.handle_object(data)
+    # Hand the journalled events to the transport now rather than waiting for another process's relay loop.
+    app.bus.flush()
     return {"status": result.status, "artifact": result.artifact, "reason": result.reason}
 
 

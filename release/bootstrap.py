@@ -115,7 +115,7 @@ class App:
 
             self._controller = Controller(engine=self.engine, bus=self.bus, serving=self.serving, gates=gates,
                                           promoter=promoter, materialize=local_copy,
-                                          crash_at=self.settings.fault_crash_at)
+                                          crash_at=self.settings.fault_crash_at, gpu=wants_gpu(self.settings))
         return self._controller
 
     def ensure_subscriptions(self) -> None:
@@ -132,6 +132,14 @@ class App:
         if callable(close):
             close()
         self.engine.dispose()
+
+
+def wants_gpu(settings: Settings) -> bool:
+    """Whether versions ask for a GPU: ``on`` always; ``auto`` for local pods, which then use one if present.
+
+    A cluster cannot be asked "a GPU if there is one", so on Kubernetes only ``on`` requests ``nvidia.com/gpu``.
+    """
+    return settings.gpu == "on" or (settings.gpu == "auto" and settings.serving == "local")
 
 
 def default_policy(settings: Settings) -> ReleasePolicy:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,7 @@ def postgres_url() -> str:
     return PG_URL
 
 
-def _pg_schema_engine(base_url: str) -> Iterator[tuple[Engine, str]]:
+def _pg_schema_engine(base_url: str) -> Generator[tuple[Engine, str], None, None]:
     schema = "t_" + uuid.uuid4().hex[:12]
     admin = make_engine(base_url)
     with admin.begin() as conn:
