@@ -134,6 +134,7 @@ def post_feedback(engine: Engine, bus: EventBus, payload: dict[str, Any]) -> dic
         post = FeedbackPost.model_validate(payload)
     except ValidationError as error:
         raise BadRequest(f"invalid feedback: {error.error_count()} errors",
+                         hint='Send {"model", "request_id", "label" or "value"}, or {"model", "items": [...]}.',
                          details={"errors": error.errors(include_url=False, include_context=False,
                                                          include_input=False)}) from error
     with session_scope(engine) as session:

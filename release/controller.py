@@ -299,6 +299,7 @@ class Controller:
         stays on the current version until it is ready (the stable version is never unrouted first).
         """
         with session_scope(self._engine) as session:
+            registry.get_model(session, model)  # an unknown model says so, rather than "no PROD"
             prod = registry.find_alias(session, model, PROD)
             if prod is None or prod.version is None:
                 raise NotFound(f"{model} has no PROD version to roll back", reason=Reason.ALIAS_NOT_FOUND)

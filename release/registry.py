@@ -96,6 +96,11 @@ def _model_row(session: Session, name: str) -> Model:
     return row
 
 
+def get_model(session: Session, name: str) -> Model:
+    """The model row; ``NotFound(MODEL_NOT_FOUND)`` when it was never registered."""
+    return _model_row(session, name)
+
+
 def ensure_model(session: Session, name: str) -> Model:
     """The model row, created when missing (safe against a concurrent creator)."""
     row = session.exec(select(Model).where(Model.name == name)).first()
@@ -309,7 +314,7 @@ def list_aliases(session: Session, model: str) -> list[AliasView]:
 
 def resolve(session: Session, model: str, ref: str) -> VersionView:
     """A version by version string or by alias name (an alias wins only when no version has that name)."""
-    _model_row(session, model)  # an unknown model is MODEL_NOT_FOUND, not a missing version
+    get_model(session, model)  # an unknown model is MODEL_NOT_FOUND, not a missing version
     try:
         return get_version(session, model, ref)
     except NotFound:
