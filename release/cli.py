@@ -176,6 +176,15 @@ def cmd_rollback(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry(app: App, args: argparse.Namespace) -> int:
+    """Release a rejected, failed or rolled-back version again through gates and canary, audited."""
+    step = app.controller.retry(args.name, args.version, actor=args.actor, reason=args.reason)
+    if args.wait:
+        _drain(app)
+    _emit(args, step, lambda s: f"{s.model} {s.version}: {s.before} -> {s.after}")
+    return 0
+
+
 def _drain(app: App) -> int:
     app.ensure_subscriptions()
     consumer = Consumer(bus=app.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=app.controller.handle)
@@ -336,10 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--limit", type=int, default=50)
     for name, func, text in (("promote", cmd_promote, "move PROD to a version by hand (gates skipped)"),
+                             ("retry", cmd_retry, "release a settled version again (deploy, gates, canary)"),
                              ("rollback", cmd_rollback, "move PROD back to its previous version")):
         p = command(name, func, text)
         p.add_argument("name")
-        if name == "promote":
+        if name != "rollback":
             p.add_argument("version")
         p.add_argument("--reason", default="manual")
         p.add_argument("--actor", default=_whoami())

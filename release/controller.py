@@ -292,6 +292,20 @@ class Controller:
         return self._move(view, S.DEPLOYING, reason=f"promoted by {actor}: {reason}", intent="promote",
                           audit=("version.promoted", reason), actor=actor)
 
+    def retry(self, model: str, version: str, *, actor: str, reason: str) -> Step:
+        """Release a settled version again through the whole path: deploy, gates, canary. Audited.
+
+        For an aborted canary, a rejected or failed version after its cause was fixed outside the artifact
+        (a policy, a flaky dependency); the artifact itself is immutable.
+        """
+        with session_scope(self._engine) as session:
+            view = registry.get_version(session, model, version)
+        if view.state not in (S.REJECTED, S.FAILED, S.ROLLED_BACK, S.RETIRED):
+            raise InvalidTransition(f"{model}/{version} is {view.state}; only a settled version that is not LIVE "
+                                    "can be retried", details={"state": str(view.state)})
+        return self._move(view, S.DEPLOYING, reason=f"retried by {actor}: {reason}", intent="",
+                          audit=("version.retried", reason), actor=actor)
+
     def rollback(self, model: str, *, actor: str, reason: str, expected_version: str | None = None) -> Step | None:
         """Put PROD back on the version it pointed at before the current one. Audited.
 

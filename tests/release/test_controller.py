@@ -12,17 +12,21 @@ from sqlalchemy.engine import Engine
 
 from release import journal, registry
 from release.db import session_scope
+from release.ports import Candidate
+from release.promotion import PodCounters, RoutePromoter
 from release.worker import run_until_idle
 from schemas.errors import InvalidTransition
 from schemas.events import EventType, ModelRegisteredData, Topic, make_event
+from schemas.policy import CanaryStep, ReleasePolicy, RolloutPolicy, Strategy
 from tests.release.controller_harness import build, end_state
 
 
-def _register(engine: Engine, bus, version: str, model: str = "digits") -> None:  # type: ignore[no-untyped-def]
+def _register(engine: Engine, bus, version: str, model: str = "digits",  # type: ignore[no-untyped-def]
+              policy: dict | None = None) -> None:
     with session_scope(engine) as s:
         outcome = registry.register_version(s, model=model, version=version, digest=f"sha256:{version}",
                                             artifact_uri=f"file:///b/models/{model}/{version}/",
-                                            format="torchscript", manifest={}, policy={})
+                                            format="torchscript", manifest={}, policy=policy or {})
         data = ModelRegisteredData(model=model, version=version, version_id=outcome.version.id,
                                    digest=f"sha256:{version}", artifact_uri="x", format="torchscript")
         bus.publish(make_event(EventType.MODEL_REGISTERED, data, event_id=f"reg-{version}"),
@@ -187,3 +191,51 @@ def test_sigkill_at_any_transition_then_restart_converges(point: str, tmp_path: 
                                capture_output=True, text=True, timeout=120)
     assert json.loads(restarted.stdout) == reference_end_state
     assert reference_end_state["digits"]["versions"] == {"good": "LIVE", "bad": "REJECTED"}
+
+
+def test_aborted_canary_can_be_retried_through_the_whole_path(tmp_path: Path) -> None:
+    """After a canary aborts, `retry` sends the version through gates and canary again, audited."""
+    engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}", aborting={"2"})
+    _register(engine, bus, "1")
+    _register(engine, bus, "2")
+    run_until_idle([consumer], bus=bus)
+    assert end_state(engine)["digits"]["versions"]["2"] == "ROLLED_BACK"
+    controller._promoter.aborting.clear()  # type: ignore[attr-defined]  (the cause went away)
+    controller.retry("digits", "2", actor="ana", reason="flaky dependency fixed")
+    run_until_idle([consumer], bus=bus)
+    assert end_state(engine)["digits"]["aliases"]["PROD"] == "2"
+    assert controller._gates.calls.count("2") == 2  # type: ignore[attr-defined]
+    with session_scope(engine) as s:
+        assert ("ana", "version.retried") in [(e.actor, e.action) for e in registry.audit_log(s, model="digits")]
+    with pytest.raises(InvalidTransition, match="only a settled version"):
+        controller.retry("digits", "2", actor="ana", reason="")
+
+
+class _ScrapedPromoter(RoutePromoter):
+    """The real route promoter, with the pods' counters scripted: every window sees 10 requests."""
+
+    def __init__(self, *, engine: Engine, failing: set[str]) -> None:
+        super().__init__(engine=engine)
+        self.failing = failing
+        self.scrapes = 0
+
+    def _scrape(self, candidate: Candidate) -> PodCounters:
+        self.scrapes += 1
+        if self.scrapes % 2:  # the scrape opening a window
+            return PodCounters(0.0, 0.0, ())
+        return PodCounters(10.0, 10.0 if candidate.version in self.failing else 0.0, ())
+
+
+def test_back_to_back_canaries_leave_no_stale_routes(tmp_path: Path) -> None:
+    """An aborted canary and then a promoted one leave no route weight behind: PROD takes all traffic."""
+    engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
+    controller._promoter = _ScrapedPromoter(engine=engine, failing={"2"})  # type: ignore[attr-defined]
+    canary = ReleasePolicy(rollout=RolloutPolicy(strategy=Strategy.CANARY, min_requests=1, steps=[
+        CanaryStep(weight=50, watch_s=0), CanaryStep(weight=100, watch_s=0)])).model_dump(mode="json")
+    for version in ("1", "2", "3"):
+        _register(engine, bus, version, policy=canary)
+        run_until_idle([consumer], bus=bus)
+    state = end_state(engine)["digits"]
+    assert state["versions"]["2"] == "ROLLED_BACK" and state["aliases"]["PROD"] == "3"
+    with session_scope(engine) as s:
+        assert registry.route_weights(s, "digits") == {}
