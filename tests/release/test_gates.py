@@ -112,3 +112,43 @@ def test_smoke_input_follows_the_declared_signature() -> None:
         "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1]}]})
     x = smoke_input(manifest)
     assert x.shape == (1, 3) and x.dtype == np.int64
+
+
+def _plugin(tmp_path, monkeypatch, body: str) -> None:  # type: ignore[no-untyped-def]
+    """Install a custom gate the way a package would: a module plus an entry point in its dist-info."""
+    module = f"gates_{tmp_path.name.replace('-', '_')}"  # a fresh module name: imports are cached per process
+    (tmp_path / f"{module}.py").write_text(body)
+    info = tmp_path / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[modelrelease.gates]\nfair = {module}:check\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def _candidate():  # type: ignore[no-untyped-def]
+    from release.ports import Candidate
+
+    return Candidate(model="m", version="2", version_id=1, manifest={}, endpoints=())
+
+
+def test_custom_gate_from_an_entry_point_reports_like_the_others(tmp_path, monkeypatch) -> None:
+    """A plugin registered under modelrelease.gates runs with the candidate and lands in the report."""
+    from release.gates import HttpGateRunner
+    from schemas.policy import ReleasePolicy
+
+    _plugin(tmp_path, monkeypatch, "def check(*, candidate, baseline, policy):\n"
+                                   "    return {'passed': candidate.version == '2', 'value': 0.97, 'threshold': 0.9}\n")
+    gate = HttpGateRunner()._custom("fair", _candidate(), None, ReleasePolicy())
+    assert gate == {"name": "custom:fair", "value": 0.97, "threshold": 0.9, "passed": True, "detail": ""}
+    missing = HttpGateRunner()._custom("absent", _candidate(), None, ReleasePolicy())
+    assert not missing["passed"] and "no 'modelrelease.gates' entry point" in missing["detail"]
+
+
+def test_a_crashing_custom_gate_fails_its_gate_only(tmp_path, monkeypatch) -> None:
+    """An exception inside a plugin fails that gate with the error, never the controller."""
+    from release.gates import HttpGateRunner
+    from schemas.policy import ReleasePolicy
+
+    _plugin(tmp_path, monkeypatch, "def check(**_):\n    raise RuntimeError('fairness data missing')\n")
+    gate = HttpGateRunner()._custom("fair", _candidate(), None, ReleasePolicy())
+    assert not gate["passed"] and gate["detail"] == "RuntimeError: fairness data missing"
