@@ -63,8 +63,9 @@ from release.worker import Consumer
 from schemas.states import VersionState
 from tests.artifacts import DigitsMLP, manifest_for, npz_bytes, torchscript_bytes
 from tests.conftest import _pg_schema_engine
-from tests.kubernetes.conftest import RESOURCES
+from tests.servers.functions import start_function
 from tests.servers.gcs_server import GcsServer, free_port
+from tests.servers.kube_server import running_kube
 from tests.servers.pubsub_server import PubSubServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,28 +85,8 @@ POLICY = {
 @pytest.fixture
 def kube() -> Iterator[str]:
     """kmock on 127.0.0.1 knowing the kinds the serving backend manages; yields its URL."""
-    import asyncio
-
-    import kmock
-
-    started = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def serve() -> None:
-        stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
-            for resource in RESOURCES:
-                emulator.resources[resource] = kmock.ResourceInfo()
-            box.update(url=str(server.url).rstrip("/"), stop=stop, loop=asyncio.get_running_loop())
-            started.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="kmock", daemon=True)
-    thread.start()
-    assert started.wait(timeout=10), "kmock did not start"
-    yield box["url"]
-    box["loop"].call_soon_threadsafe(box["stop"].set)
-    thread.join(timeout=10)
+    with running_kube() as server:
+        yield server.url
 
 
 @pytest.fixture
@@ -324,25 +305,8 @@ def _eventarc_post(url: str, blob: storage.Blob) -> httpx.Response:
 
 
 def _start_function(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    with (tmp_path / "function.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "functions_framework", "--target", "on_storage_event", "--source",
-             "functions/main.py", "--signature-type", "cloudevent", "--host", "127.0.0.1", "--port", str(port)],
-            env={**env, "RELEASE_HOME": str(tmp_path / "function-home")}, cwd=ROOT, stdout=log,
-            stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return proc, url
-        except httpx.TransportError:
-            if proc.poll() is not None:
-                raise RuntimeError((tmp_path / "function.log").read_text()) from None
-            time.sleep(0.1)  # nothing to await: the port opens when the server binds
-    proc.kill()
-    raise RuntimeError("functions-framework did not start")
+    return start_function("on_storage_event", "cloudevent", log=tmp_path / "function.log",
+                          env={**env, "RELEASE_HOME": str(tmp_path / "function-home")})
 
 
 def _await_prod(subscriber: pubsub_v1.SubscriberClient, subscription: str, kubelet: Kubelet, *,

@@ -6,10 +6,6 @@ import base64
 import copy
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,33 +15,9 @@ import pytest
 from release import registry
 from release.db import make_engine, session_scope
 from tests.artifacts import torchscript_bytes, write_artifact
+from tests.servers.functions import start_function
 
 GOLDEN = json.loads((Path(__file__).parents[1] / "data/events/storage_finalized_binary.json").read_text())
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(target: str, signature: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = _port()
-    proc = subprocess.Popen([sys.executable, "-m", "functions_framework", "--target", target, "--source",
-                             "functions/main.py", "--signature-type", signature, "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, cwd=Path(__file__).parents[2])
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return proc, url
-        except httpx.TransportError:
-            if proc.poll() is not None:
-                raise RuntimeError("functions-framework exited") from None
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("functions-framework did not start")
 
 
 @pytest.fixture
@@ -60,7 +32,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def storage_fn(env: dict[str, str]) -> Iterator[str]:
     """A functions-framework process serving on_storage_event."""
-    proc, url = _start("on_storage_event", "cloudevent", env)
+    proc, url = start_function("on_storage_event", "cloudevent", env=env, log=Path(env["RELEASE_HOME"] + ".fn.log"))
     yield url
     proc.terminate()
     proc.wait(timeout=10)
@@ -102,7 +74,7 @@ def test_bucket_notification_push_is_accepted(env: dict[str, str]) -> None:
     """A Pub/Sub push of a JSON_API_V1 bucket notification reaches intake like an Eventarc event."""
     bucket = Path(env["RELEASE_BUCKET"])
     write_artifact(bucket, "digits", "2", {"model.pt": torchscript_bytes()})
-    proc, url = _start("on_bucket_notification", "http", env)
+    proc, url = start_function("on_bucket_notification", "http", env=env, log=Path(env["RELEASE_HOME"] + ".push.log"))
     try:
         data = dict(GOLDEN["data"], name="models/digits/2/manifest.json", bucket=bucket.name)
         push = {"message": {"data": base64.b64encode(json.dumps(data).encode()).decode(), "messageId": "9",

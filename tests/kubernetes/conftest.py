@@ -8,74 +8,23 @@ and field selectors, and answers an apply-patch for a missing object with 404 (t
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
 
-import kmock
 import pytest
 from kubernetes import client
 
 from release.adapters.k8s_manifests import ServingOptions
 from release.adapters.kubernetes_serving import KubernetesServingBackend
+from tests.servers.kube_server import KubeServer, running_kube
 
 NAMESPACE = "serving"
-RESOURCES = (
-    "apps/v1/deployments",
-    "v1/services",
-    "v1/pods",
-    "autoscaling/v2/horizontalpodautoscalers",
-    "monitoring.googleapis.com/v1/podmonitorings",
-)
-
-
-@dataclass
-class KubeServer:
-    """The running emulator: its URL, and a way to change its reactions from the test's thread."""
-
-    url: str
-    emulator: kmock.KubernetesEmulator
-    loop: asyncio.AbstractEventLoop
-
-    def configure(self, change: Callable[[kmock.KubernetesEmulator], Any]) -> None:
-        """Run ``change(emulator)`` inside the emulator's loop, so no request sees it half done."""
-
-        async def run() -> None:
-            change(self.emulator)
-
-        asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=5)
-
-    def requests(self) -> list[kmock.Request]:
-        """Every request the emulator has received so far."""
-        return list(self.emulator)
 
 
 @pytest.fixture
 def kube() -> Iterator[KubeServer]:
     """A fresh emulated API server on 127.0.0.1 knowing the kinds the backend manages."""
-    started = threading.Event()
-    box: dict[str, Any] = {}
-
-    async def serve() -> None:
-        stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as emulator, kmock.Server(emulator) as server:
-            for resource in RESOURCES:
-                emulator.resources[resource] = kmock.ResourceInfo()
-            box["server"] = KubeServer(url=str(server.url).rstrip("/"), emulator=emulator,
-                                       loop=asyncio.get_running_loop())
-            box["stop"] = stop
-            started.set()
-            await stop.wait()
-
-    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="kmock", daemon=True)
-    thread.start()
-    assert started.wait(timeout=10), "kmock did not start"
-    server: KubeServer = box["server"]
-    yield server
-    server.loop.call_soon_threadsafe(box["stop"].set)
-    thread.join(timeout=10)
+    with running_kube() as server:
+        yield server
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from release.adapters.k8s_manifests import object_name, service_url
 from release.adapters.kubernetes_serving import KubernetesServingBackend
 from release.ports import DeploymentSpec
 from schemas.errors import PermanentError, Reason, TemporaryError
-from tests.kubernetes.conftest import NAMESPACE, KubeServer
+from tests.kubernetes.conftest import NAMESPACE
+from tests.servers.kube_server import KubeServer
 
 GPU_SPEC = DeploymentSpec(model="digits", version="V2.0_rc", artifact_uri="gs://models-bkt/models/digits/V2.0_rc",
                           gpu=True)
