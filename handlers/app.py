@@ -2,7 +2,11 @@
 
 Open Inference Protocol v2 (health, metadata, infer, with optional ``/versions/{v}``), TorchServe's ``/ping``
 and ``/predictions/{m}[/{v}]`` (plus a ``/predict`` alias), and Prometheus ``/metrics``. Every response carries
-``X-Request-ID`` (echoed or generated) and ``X-Model-Version``.
+``X-Request-ID`` (echoed or generated) and ``X-Model-Version`` (and ``X-Pod-Worker``, the front's pid, when
+several HTTP worker processes serve one model).
+
+The routes talk to a ``ServingRuntime``: the model itself in this process (``dataplane.ModelRuntime``) or a front
+that hands decoded requests to the model process (``workers.FrontRuntime``).
 """
 
 from __future__ import annotations
@@ -12,19 +16,19 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from handlers.base import InferenceRequest, InferenceResult
-from handlers.dataplane import ModelRuntime
 from handlers.http_errors import error_body, http_status, retry_after
+from handlers.settings import PodSettings
 from handlers.wire import (
     JSON_OPTIONS,
     decode_infer,
@@ -34,9 +38,64 @@ from handlers.wire import (
     read_body,
 )
 from schemas.errors import NotFound, PermanentError, Reason, ReleaseError, TemporaryError
+from schemas.manifest import TensorSpec
 
 log = structlog.get_logger("handlers.app")
 Endpoint = Callable[[Request, str], Awaitable[Response]]
+
+
+class BatchQueue(Protocol):
+    """The batcher as the routes see it."""
+
+    arriving: int
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for a batch slot."""
+
+    async def infer(self, request: InferenceRequest, *, timeout_s: float) -> InferenceResult:
+        """Queue one request and wait for its result (or its error)."""
+
+
+class ServingRuntime(Protocol):
+    """What the routes need from the data plane: identity, lifecycle flags, the batcher, metrics."""
+
+    settings: PodSettings
+    ready: bool
+    draining: bool
+    in_flight: int
+
+    @property
+    def name(self) -> str:
+        """The name the model is served under."""
+
+    @property
+    def version(self) -> str:
+        """The version the model is served as."""
+
+    @property
+    def input_specs(self) -> list[TensorSpec] | None:
+        """The declared inputs, or None when the handler decides."""
+
+    @property
+    def batcher(self) -> BatchQueue:
+        """Where inference requests go."""
+
+    @property
+    def worker(self) -> str | None:
+        """The value of ``X-Pod-Worker``, or None to send no such header."""
+
+    def metadata(self) -> dict[str, Any]:
+        """OIP model metadata."""
+
+    def observe(self, endpoint: str, code: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+
+    async def scrape(self) -> bytes:
+        """The Prometheus text exposition of the pod's metrics."""
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start serving (the batch worker, or the link to the model process) on the app's event loop."""
 
 
 def json_response(body: Any, *, status: int = 200) -> Response:
@@ -47,9 +106,8 @@ def json_response(body: Any, *, status: int = 200) -> Response:
 class PodApi:
     """The routes of one pod, bound to its runtime."""
 
-    def __init__(self, runtime: ModelRuntime):
+    def __init__(self, runtime: ServingRuntime):
         self.runtime = runtime
-        self.metrics = runtime.metrics
         self._idle: asyncio.Event | None = None
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -62,9 +120,9 @@ class PodApi:
 
     def endpoint(self, name: str, handler: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         """Wrap a route: request id, error table, version header, request count and latency."""
-        requests = self.metrics.requests
-        latency = self.metrics.latency.labels(name)
+        observe = self.runtime.observe
         version = self.runtime.version
+        worker = self.runtime.worker
 
         async def route(request: Request) -> Response:
             started = time.perf_counter()
@@ -79,8 +137,9 @@ class PodApi:
                                                                reason=Reason.INTERNAL))
             response.headers["x-request-id"] = request_id
             response.headers["x-model-version"] = version
-            requests.labels(name, str(response.status_code)).inc()
-            latency.observe(time.perf_counter() - started)
+            if worker is not None:
+                response.headers["x-pod-worker"] = worker
+            observe(name, response.status_code, time.perf_counter() - started)
             return response
 
         return route
@@ -105,7 +164,6 @@ class PodApi:
         runtime = self.runtime
         batcher = runtime.batcher
         runtime.in_flight += 1
-        self.metrics.in_flight.inc()
         batcher.arriving += 1
         arriving = True
         try:
@@ -118,7 +176,6 @@ class PodApi:
             if arriving:
                 batcher.arriving -= 1
             runtime.in_flight -= 1
-            self.metrics.in_flight.dec()
             if runtime.in_flight == 0 and self._idle is not None:
                 self._idle.set()
 
@@ -183,7 +240,7 @@ class PodApi:
 
     async def prometheus(self, request: Request, request_id: str) -> Response:
         """Prometheus text exposition of the pod's registry."""
-        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(await self.runtime.scrape(), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def begin_drain(self) -> asyncio.Event:
@@ -217,11 +274,11 @@ class PodApi:
 
 
 def create_app(api: PodApi) -> Starlette:
-    """The Starlette app; its lifespan starts the batch worker and marks the pod ready."""
+    """The Starlette app; its lifespan starts the runtime and marks the pod ready."""
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        api.runtime.batcher.start(asyncio.get_running_loop())
+        api.runtime.start(asyncio.get_running_loop())
         api.runtime.ready = True
         yield
 

@@ -7,6 +7,7 @@ request so one bad request fails alone, and every error comes back as a ``Releas
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any
 
 import structlog
 import torch
+from prometheus_client import generate_latest
 
 from handlers.artifact import VerifiedArtifact, open_artifact
 from handlers.base import Handler, HandlerContext, InferenceRequest, InferenceResult
@@ -54,6 +56,7 @@ class ModelRuntime:
         self.batcher = Batcher(self.run_batch, max_batch_size=self.settings.max_batch_size,
                                max_batch_delay_s=self.settings.max_batch_delay_ms / 1000.0,
                                queue_size=self.settings.queue_size, metrics=self.metrics)
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
 
     @property
     def name(self) -> str:
@@ -69,6 +72,24 @@ class ModelRuntime:
     def input_specs(self) -> list[TensorSpec] | None:
         """The declared inputs, or None for a ``.mar`` (its handler decides)."""
         return list(self.artifact.manifest.inputs) if self.artifact.manifest is not None else None
+
+    @property
+    def worker(self) -> str | None:
+        """No ``X-Pod-Worker`` header: this process is the whole pod."""
+        return None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the batch worker; results come back on ``loop``."""
+        self.batcher.start(loop)
+
+    def observe(self, endpoint: str, code: int, seconds: float) -> None:
+        """Count one answered request and its latency."""
+        self.metrics.requests.labels(endpoint, str(code)).inc()
+        self.metrics.latency.labels(endpoint).observe(seconds)
+
+    async def scrape(self) -> bytes:
+        """The Prometheus text exposition of this pod's registry."""
+        return generate_latest(self.metrics.registry)
 
     def run_batch(self, batch: Sequence[InferenceRequest]) -> list[InferenceResult | ReleaseError]:
         """Run a batch; on failure, run its requests one by one so only the bad ones fail."""

@@ -1,7 +1,10 @@
 """``python -m handlers.server``: load one artifact and serve it until SIGTERM, then drain and exit 0.
 
 Exit codes: 0 after a clean drain, 2 for a bad command line, 3 when the artifact is refused or fails to load
-(the log's last line says why, with its reason code).
+(the log's last line says why, with its reason code), 1 when an HTTP worker process died unasked.
+
+``--http-workers 1`` (the default) is one process; more puts HTTP front processes before one model process
+(``handlers.workers``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from handlers.app import PodApi, create_app
 from handlers.dataplane import load_runtime
 from handlers.logs import configure_logging
 from handlers.settings import PodSettings, parse_settings
+from handlers.workers import serve_workers
 from schemas.errors import ReleaseError
 
 log = structlog.get_logger("handlers.server")
@@ -61,8 +65,15 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def uvicorn_config(api: PodApi, settings: PodSettings) -> uvicorn.Config:
+    """The uvicorn configuration of a process serving ``api``."""
+    return uvicorn.Config(create_app(api), host=settings.host, port=settings.port, lifespan="on",
+                          log_config=None, access_log=False, server_header=False, date_header=False,
+                          timeout_graceful_shutdown=int(settings.drain_timeout_s) or None)
+
+
 def serve(settings: PodSettings) -> int:
-    """Load, serve, drain. Returns the process exit code."""
+    """Load, serve, drain in this one process. Returns the process exit code."""
     try:
         runtime = load_runtime(settings)
     except ReleaseError as e:
@@ -73,10 +84,7 @@ def serve(settings: PodSettings) -> int:
     gc.collect()
     gc.freeze()
     api = PodApi(runtime)
-    config = uvicorn.Config(create_app(api), host=settings.host, port=settings.port, lifespan="on",
-                            log_config=None, access_log=False, server_header=False, date_header=False,
-                            timeout_graceful_shutdown=int(settings.drain_timeout_s) or None)
-    server = DrainingServer(config, api=api, drain_timeout_s=settings.drain_timeout_s)
+    server = DrainingServer(uvicorn_config(api, settings), api=api, drain_timeout_s=settings.drain_timeout_s)
     log.info("pod.starting", model=runtime.name, version=runtime.version, handler=runtime.artifact.handler,
              device=str(runtime.device), dtype=settings.dtype, compile=settings.compile,
              max_batch_size=settings.max_batch_size, max_batch_delay_ms=settings.max_batch_delay_ms,
@@ -95,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # switch interval would let either one stall the other for that long under load.
     sys.setswitchinterval(0.0005)
     configure_logging(log_format=settings.log_format, level=settings.log_level)
+    if settings.http_workers > 1:
+        return serve_workers(settings, exit_load_failed=EXIT_LOAD_FAILED)
     return serve(settings)
 
 

@@ -42,6 +42,7 @@ class PodSettings:
     drain_timeout_s: float = 30.0
     log_format: str = "console"
     log_level: str = "info"
+    http_workers: int = 1
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -86,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain-timeout-s", type=_non_negative_float, default=30.0)
     parser.add_argument("--log-format", choices=("json", "console"), default="console")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    parser.add_argument("--http-workers", type=_positive_int, default=1,
+                        help="HTTP front processes sharing the port and feeding one model process (1: one process)")
     return parser
 
 
@@ -100,4 +103,4 @@ def parse_settings(argv: Sequence[str] | None, *, environ: Mapping[str, str]) ->
         dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
         torch_threads=args.torch_threads, allow_handler_code=not (args.no_handler_code or forbid_env),
         expect_sha256=args.expect_sha256, work_dir=args.work_dir, drain_timeout_s=args.drain_timeout_s,
-        log_format=args.log_format, log_level=args.log_level)
+        log_format=args.log_format, log_level=args.log_level, http_workers=args.http_workers)

@@ -4,7 +4,8 @@ Two models with random weights, defined here (no torchvision): a ResNet-50 (fp16
 BERT-base-sized classifier (12 layers, d=768, 12 heads, sequence length 128). For each, in the same run on the
 same GPU: raw forward throughput at the serving batch size and raw batch-1 latency, then the same TorchScript
 model behind our pod server (OIP binary tensors over loopback HTTP, closed-loop clients) at saturation and at
-concurrency 1. Prints a JSON summary and writes it to $OUT/gpu_bench.json when OUT is set.
+concurrency 1, twice: one server process (``served``) and ``--http-workers`` HTTP front processes before one model
+process (``served_workers``). Prints a JSON summary and writes it to $OUT/gpu_bench.json when OUT is set.
 
     python bench/serving/gpu_bench.py            # on a GPU machine, under 5 minutes
     python bench/serving/gpu_bench.py --smoke    # tiny sizes on the CPU, to check the script itself
@@ -177,8 +178,10 @@ def free_port() -> int:
 
 
 def model_dir(case: Case, folder: Path) -> Path:
-    """The case's model as a TorchScript model directory for the pod server."""
+    """The case's model as a TorchScript model directory for the pod server (made once per case)."""
     target = folder / case.name
+    if (target / "manifest.json").exists():
+        return target
     target.mkdir()
     example = case.example.unsqueeze(0).float() if case.example.is_floating_point() else case.example.unsqueeze(0)
     traced = torch.jit.trace(case.module.float().eval(), example, check_trace=False)
@@ -252,13 +255,14 @@ def load(url: str, body: bytes, headers: dict[str, str], *, concurrency: int, se
 
 
 def served(case: Case, folder: Path, *, device: str, seconds: float, concurrency: int, items: int,
-           processes: int) -> dict[str, Any]:
+           processes: int, http_workers: int = 1) -> dict[str, Any]:
     """Start a pod for the case, measure saturation and concurrency-1 latency, stop it."""
     port = free_port()
-    log_path = folder / f"{case.name}.log"
+    log_path = folder / f"{case.name}-w{http_workers}.log"
     command = [sys.executable, "-m", "handlers.server", "--artifact", str(model_dir(case, folder)), "--host",
                "127.0.0.1", "--port", str(port), "--device", device, "--max-batch-size", str(case.batch),
-               "--max-batch-delay-ms", "2", "--queue-size", "4096", "--log-format", "json", *case.extra_args]
+               "--max-batch-delay-ms", "2", "--queue-size", "4096", "--log-format", "json",
+               "--http-workers", str(http_workers), *case.extra_args]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -289,8 +293,8 @@ def served(case: Case, folder: Path, *, device: str, seconds: float, concurrency
         single = load(url, body, headers, concurrency=1, seconds=seconds, items=1, processes=1)
         batches = [line for line in httpx.get(f"{base}/metrics").text.splitlines()
                    if line.startswith("pod_batch_size_") and not line.startswith("pod_batch_size_bucket")]
-        return {"saturated": saturated, "saturated_multi_item": saturated_multi, "concurrency_1": single,
-                "batch_metrics": batches}
+        return {"http_workers": http_workers, "saturated": saturated, "saturated_multi_item": saturated_multi,
+                "concurrency_1": single, "batch_metrics": batches}
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -304,27 +308,33 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=None, help="clients at saturation")
     parser.add_argument("--items-per-request", type=int, default=16, help="inputs per request, second load")
     parser.add_argument("--client-processes", type=int, default=None, help="load generator processes")
+    parser.add_argument("--http-workers", type=int, default=None,
+                        help="HTTP front processes for the second served run (default 8, 2 with --smoke)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     seconds = args.seconds or (2.0 if args.smoke else 10.0)
     concurrency = args.concurrency or (16 if args.smoke else 128)
+    http_workers = args.http_workers or (2 if args.smoke else 8)
     summary: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                                "torch": torch.__version__, "dtype": str(dtype), "smoke": args.smoke,
-                               "date": time.strftime("%Y-%m-%d"), "concurrency": concurrency, "models": {}}
+                               "date": time.strftime("%Y-%m-%d"), "concurrency": concurrency,
+                               "http_workers": http_workers, "models": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         for case in cases(smoke=args.smoke, dtype=dtype):
             raw = raw_forward(case, device=device, dtype=dtype, seconds=seconds / 2)
-            pod = served(case, Path(tmp), device=device.type, seconds=seconds, concurrency=concurrency,
-                         items=args.items_per_request,
-                         processes=args.client_processes or (2 if args.smoke else 8))
-            summary["models"][case.name] = {
-                "batch": case.batch, "raw": raw, "served": pod,
-                "throughput_ratio": pod["saturated"]["items_per_s"] / raw["items_per_s"],
-                "throughput_ratio_multi_item": pod["saturated_multi_item"]["items_per_s"] / raw["items_per_s"],
-                "batch1_overhead_ms": pod["concurrency_1"]["p50_ms"] - raw["batch1_p50_ms"],
-            }
+            pods = [served(case, Path(tmp), device=device.type, seconds=seconds, concurrency=concurrency,
+                           items=args.items_per_request, processes=args.client_processes or (2 if args.smoke else 8),
+                           http_workers=workers) for workers in (1, http_workers)]
+            result: dict[str, Any] = {"batch": case.batch, "raw": raw}
+            for key, pod in zip(("", "_workers"), pods, strict=True):
+                result[f"served{key}"] = pod
+                result[f"throughput_ratio{key}"] = pod["saturated"]["items_per_s"] / raw["items_per_s"]
+                result[f"throughput_ratio_multi_item{key}"] = (pod["saturated_multi_item"]["items_per_s"]
+                                                               / raw["items_per_s"])
+                result[f"batch1_overhead_ms{key}"] = pod["concurrency_1"]["p50_ms"] - raw["batch1_p50_ms"]
+            summary["models"][case.name] = result
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     text = json.dumps(summary, indent=1)
     print(text)
