@@ -1,7 +1,8 @@
 """A local folder as the bucket: the embedded default's Cloud Storage.
 
-Object names are paths relative to the folder with ``/`` separators. The generation of an object is its
-``st_mtime_ns``, so an overwrite is seen as a new generation exactly as in Cloud Storage. Symlinks are never
+Object names are paths relative to the folder with ``/`` separators. The generation of an object combines its
+inode and ``st_mtime_ns``, so an overwrite is seen as a new generation as in Cloud Storage: a replacement by
+rename changes the inode even when both writes fall in the same coarse kernel timestamp tick. Symlinks are never
 followed: reading one is refused as unsafe, since an artifact could point outside the bucket.
 
 ``LocalBucketWatcher`` polls the folder and emits Cloud Storage ``object.finalized`` CloudEvents for files that
@@ -53,6 +54,11 @@ def file_hashes(path: Path) -> tuple[str, str, str]:
     return base64.b64encode(md5.digest()).decode(), base64.b64encode(crc_digest).decode(), sha.hexdigest()
 
 
+def generation_of(st: os.stat_result) -> int:
+    """The object generation of a file: its inode in the high bits, its mtime in nanoseconds below."""
+    return (st.st_ino << 64) | st.st_mtime_ns
+
+
 def _iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat().replace("+00:00", "Z")
 
@@ -90,7 +96,7 @@ class LocalFolderStore:
         md5 = crc = None
         if hashes:
             md5, crc, _ = file_hashes(self._root / name)
-        return ObjectInfo(name=name, size=st.st_size, generation=st.st_mtime_ns, md5_hash=md5, crc32c=crc,
+        return ObjectInfo(name=name, size=st.st_size, generation=generation_of(st), md5_hash=md5, crc32c=crc,
                           updated=_iso(st.st_mtime_ns))
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
@@ -139,7 +145,7 @@ class LocalFolderStore:
                                        reason=Reason.UNSAFE_SYMLINK, file=name) from exc
             raise TemporaryError(f"cannot read {name}: {exc}") from exc
         handle = os.fdopen(fd, "rb")
-        if generation is not None and os.fstat(fd).st_mtime_ns != generation:
+        if generation is not None and generation_of(os.fstat(fd)) != generation:
             handle.close()
             raise TemporaryError(f"{name} was overwritten while it was being read", reason=Reason.OBJECT_CHANGED,
                                  delay=1.0)
@@ -163,7 +169,7 @@ class LocalFolderStore:
         with self.open(name, generation=generation) as src, dest.open("wb") as out:
             shutil.copyfileobj(src, out, _CHUNK)
             st = os.fstat(src.fileno())
-        if generation is not None and os.lstat(self._path(name)).st_mtime_ns != generation:
+        if generation is not None and generation_of(os.lstat(self._path(name))) != generation:
             raise TemporaryError(f"{name} was overwritten while it was being read", reason=Reason.OBJECT_CHANGED,
                                  delay=1.0)
         return self._info(name, st)
