@@ -20,6 +20,7 @@ import structlog
 from release import journal, registry
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
 from release.cli_monitoring import register as register_monitoring
+from release.controller import Step
 from release.db import session_scope
 from release.ports import DeploymentSpec, SubscriptionSpec
 from release.settings import Settings
@@ -158,31 +159,30 @@ def _summary(data: dict[str, Any]) -> str:
     return " ".join(f"{k}={data[k]}" for k in keys if k in data and data[k] not in (None, ""))[:120]
 
 
-def cmd_promote(app: App, args: argparse.Namespace) -> int:
-    """Send a version to PROD by hand (gates skipped), audited."""
-    step = app.controller.promote(args.name, args.version, actor=args.actor, reason=args.reason)
+def _operate(app: App, args: argparse.Namespace, step: Step | None) -> int:
+    """Finish an audited operation: process its steps with --wait, then report where the version went."""
     if args.wait:
         _drain(app)
-    _emit(args, step, lambda s: f"{s.model} {s.version}: {s.before} -> {s.after} ({s.note})")
+    _emit(args, step, lambda s: "nothing to do" if s is None
+          else f"{s.model} {s.version}: {s.before} -> {s.after}" + (f" ({s.note})" if s.note else ""))
     return 0
+
+
+def cmd_promote(app: App, args: argparse.Namespace) -> int:
+    """Send a version to PROD by hand (gates skipped), audited."""
+    return _operate(app, args, app.controller.promote(args.name, args.version, actor=args.actor,
+                                                      reason=args.reason))
 
 
 def cmd_rollback(app: App, args: argparse.Namespace) -> int:
     """Put PROD back on its previous version, audited."""
-    step = app.controller.rollback(args.name, actor=args.actor, reason=args.reason)
-    if args.wait:
-        _drain(app)
-    _emit(args, step, lambda s: "nothing to do" if s is None else f"{s.model} {s.version}: {s.before} -> {s.after}")
-    return 0
+    return _operate(app, args, app.controller.rollback(args.name, actor=args.actor, reason=args.reason))
 
 
 def cmd_retry(app: App, args: argparse.Namespace) -> int:
     """Release a rejected, failed or rolled-back version again through gates and canary, audited."""
-    step = app.controller.retry(args.name, args.version, actor=args.actor, reason=args.reason)
-    if args.wait:
-        _drain(app)
-    _emit(args, step, lambda s: f"{s.model} {s.version}: {s.before} -> {s.after}")
-    return 0
+    return _operate(app, args, app.controller.retry(args.name, args.version, actor=args.actor,
+                                                    reason=args.reason))
 
 
 def _drain(app: App) -> int:

@@ -68,17 +68,7 @@ def _loop(stop: threading.Event, interval_s: float, body: Callable[[], object], 
 
 def _consume(stop: threading.Event, consumer: Consumer, name: str, *, retry_s: float) -> threading.Thread:
     """A daemon thread (not started) running ``consumer`` until ``stop``; a failed pull or relay is retried."""
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                consumer.run(stop)
-            except ReleaseError as error:
-                log.warning(f"{name}.failed", error=str(error))
-            except Exception:
-                log.exception(f"{name}.crashed")
-            stop.wait(retry_s)
-
-    return threading.Thread(target=run, name=name, daemon=True)
+    return _loop(stop, retry_s, lambda: consumer.run(stop), name)
 
 
 def management_routes(app: App) -> list[Route]:
