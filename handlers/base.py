@@ -59,6 +59,7 @@ class HandlerContext:
     max_batch_size: int
     channels_last: bool = False
     compile_mode: str = "none"
+    batch_workers: int = 1
 
     @property
     def extra(self) -> Mapping[str, Any]:

@@ -4,7 +4,12 @@ The event loop only enqueues and awaits futures, so it never blocks on the model
 waiting request, then gathers more until the batch is full or the first request has waited
 ``max_batch_delay_s``; it stops waiting early when no other request is on its way (so a lone request never pays
 the delay). A full queue refuses at once (``QUEUE_FULL``); a request not answered within its timeout gets
-``REQUEST_TIMEOUT`` and is skipped if its batch has not started.
+``REQUEST_TIMEOUT`` and is skipped if its batch has not started (its ``Reply`` still gets that error, so a caller
+in another process learns the request is finished with).
+
+With ``workers`` > 1 several threads each gather and run their own batch: while one waits for the device (torch
+releases the GIL there), the next batch is gathered, stacked and launched. Only thread-safe handlers may have
+more than one.
 
 Requests come either from the event loop of the same process (``infer``: an asyncio future per request, results
 handed back on the loop) or from other processes (``submit`` with a ``Reply`` of the caller's making, results
@@ -14,9 +19,9 @@ handed to the ``Deliver`` function given to ``start_detached``); the worker does
 from __future__ import annotations
 
 import asyncio
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -67,22 +72,25 @@ def _expire(future: asyncio.Future[InferenceResult], timeout_s: float) -> None:
 
 
 class Batcher:
-    """Owns the queue and the worker thread. ``infer`` is called on the event loop; the model runs on the worker."""
+    """Owns the queue and the worker threads. ``infer`` is called on the event loop; the model runs on a worker."""
 
     def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_batch_delay_s: float, queue_size: int,
-                 metrics: PodMetrics):
+                 metrics: PodMetrics, workers: int = 1):
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._delay = max_batch_delay_s
         self._metrics = metrics
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_size)
-        self._thread = threading.Thread(target=self._work, name="pod-batcher", daemon=True)
+        self._capacity = queue_size
+        self._jobs: deque[_Job | None] = deque()  # None: a worker's signal to stop
+        self._changed = threading.Condition()
+        self._threads = [threading.Thread(target=self._work, name=f"pod-batcher-{i}", daemon=True)
+                         for i in range(workers)]
         self._deliver: Deliver | None = None
         # Requests whose HTTP handling started but that are not queued yet; written by the event loop only.
         self.arriving = 0
         # The same count for requests being read by other processes (``start_detached``).
         self.arriving_elsewhere: Callable[[], int] = _no_one_else
-        metrics.queue_depth.set_function(self._queue.qsize)
+        metrics.queue_depth.set_function(lambda: len(self._jobs))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the worker; results are handed back on ``loop``."""
@@ -95,12 +103,13 @@ class Batcher:
     def start_detached(self, deliver: Deliver) -> None:
         """Start the worker; each batch's results go to ``deliver`` (called on the worker thread)."""
         self._deliver = deliver
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     @property
     def depth(self) -> int:
         """Requests waiting for a batch slot."""
-        return self._queue.qsize()
+        return len(self._jobs)
 
     async def infer(self, request: InferenceRequest, *, timeout_s: float) -> InferenceResult:
         """Queue one request and wait for its result (or its error) at most ``timeout_s`` seconds."""
@@ -115,51 +124,80 @@ class Batcher:
 
     def submit(self, request: InferenceRequest, reply: Reply) -> None:
         """Queue one request (from any thread); a full queue raises ``TemporaryError(QUEUE_FULL)`` at once."""
-        try:
-            self._queue.put_nowait(_Job(request, reply, time.perf_counter()))
-        except queue.Full:
-            raise TemporaryError(f"the request queue is full ({self._queue.maxsize} waiting); retry later",
-                                 reason=Reason.QUEUE_FULL, delay=0.1) from None
+        if not self.submit_many([(request, reply)]):
+            raise self.queue_full()
+
+    def queue_full(self) -> TemporaryError:
+        """The refusal of a request that found the queue full."""
+        return TemporaryError(f"the request queue is full ({self._capacity} waiting); retry later",
+                              reason=Reason.QUEUE_FULL, delay=0.1)
+
+    def submit_many(self, items: Sequence[tuple[InferenceRequest, Reply]]) -> int:
+        """Queue as many requests as there is room for, in order; returns how many were queued.
+
+        A worker is woken only when it has something to do: the queue was empty, a batch is full, or no other
+        request is on its way. Otherwise it sleeps out its batch delay, not once per arriving request.
+        """
+        now = time.perf_counter()
+        with self._changed:
+            taken = items[:max(0, self._capacity - len(self._jobs))]
+            if not taken:
+                return 0
+            was_empty = not self._jobs
+            self._jobs.extend(_Job(request, reply, now) for request, reply in taken)
+            if was_empty or len(self._jobs) >= self._max_batch_size or not self._more_coming():
+                self._changed.notify()
+            return len(taken)
+
+    def _more_coming(self) -> bool:
+        return bool(self.arriving or self.arriving_elsewhere())
 
     def stop(self, *, timeout_s: float = 30.0) -> None:
-        """Let the worker finish what is queued, then end it."""
-        if self._thread.is_alive():
-            self._queue.put(None, timeout=timeout_s)
-            self._thread.join(timeout_s)
+        """Let the workers finish what is queued, then end them."""
+        alive = [thread for thread in self._threads if thread.is_alive()]
+        with self._changed:
+            self._jobs.extend(None for _ in alive)
+            self._changed.notify_all()
+        for thread in alive:
+            thread.join(timeout_s)
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
-        batch = [first]
-        deadline = first.enqueued + self._delay
-        while len(batch) < self._max_batch_size:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                wait = deadline - time.perf_counter()
-                if wait <= 0 or not (self.arriving or self.arriving_elsewhere()):
-                    break
-                try:
-                    job = self._queue.get(timeout=wait)
-                except queue.Empty:
-                    break
-            if job is None:
-                return batch, True
-            batch.append(job)
-        return batch, False
+    def _next_batch(self) -> list[_Job] | None:
+        """The next batch: the first waiting request and more, until full or its delay is up; None: stop."""
+        jobs = self._jobs
+        with self._changed:
+            while True:
+                while not jobs:
+                    self._changed.wait()
+                first = jobs[0]
+                if first is None:
+                    jobs.popleft()
+                    return None
+                deadline = first.enqueued + self._delay
+                while (len(jobs) < self._max_batch_size and jobs[-1] is not None
+                       and (wait := deadline - time.perf_counter()) > 0 and self._more_coming()):
+                    self._changed.wait(wait)
+                batch: list[_Job] = []
+                while jobs and len(batch) < self._max_batch_size and (job := jobs[0]) is not None:
+                    batch.append(job)
+                    jobs.popleft()
+                if jobs:
+                    self._changed.notify()  # more waiting: another worker may start on them now
+                if batch:
+                    return batch
 
     def _work(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, stopping = self._gather(first)
+        while (batch := self._next_batch()) is not None:
             self._run(batch)
-            if stopping:
-                return
 
     def _run(self, batch: list[_Job]) -> None:
         started = time.perf_counter()
+        assert self._deliver is not None
         # A request that already timed out is not worth running.
         live = [job for job in batch if not job.future.done()]
+        if len(live) < len(batch):
+            late = [job.future for job in batch if job.future.done()]
+            self._deliver(late, [TemporaryError("timed out before its batch ran", reason=Reason.REQUEST_TIMEOUT,
+                                                delay=0.0) for _ in late])
         if not live:
             return
         for job in live:
@@ -167,5 +205,4 @@ class Batcher:
         self._metrics.batch_size.observe(len(live))
         results = self._run_batch([job.request for job in live])
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
-        assert self._deliver is not None
         self._deliver([job.future for job in live], results)

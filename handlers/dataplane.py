@@ -55,7 +55,8 @@ class ModelRuntime:
     def __post_init__(self) -> None:
         self.batcher = Batcher(self.run_batch, max_batch_size=self.settings.max_batch_size,
                                max_batch_delay_s=self.settings.max_batch_delay_ms / 1000.0,
-                               queue_size=self.settings.queue_size, metrics=self.metrics)
+                               queue_size=self.settings.queue_size, metrics=self.metrics,
+                               workers=self.settings.batch_workers)
         self.metrics.in_flight.set_function(lambda: self.in_flight)
 
     @property
@@ -136,11 +137,16 @@ def load_runtime(settings: PodSettings) -> ModelRuntime:
     work_dir = settings.work_dir or Path(tempfile.mkdtemp(prefix="pod-"))
     artifact = open_artifact(settings.artifact.resolve(), work_dir=work_dir,
                              allow_handler_code=settings.allow_handler_code, expect_sha256=settings.expect_sha256)
+    if settings.batch_workers > 1 and artifact.has_handler_code:
+        raise PermanentError(f"--batch-workers {settings.batch_workers} runs batches on several threads at once, "
+                             "and this artifact's own handler code is not known to be thread-safe; serve it with "
+                             "--batch-workers 1", reason=Reason.MODEL_LOAD_FAILED)
     handler = _build_handler(artifact)
     context = HandlerContext(name=artifact.name, version=artifact.version, model_dir=artifact.model_dir,
                              manifest=artifact.manifest, mar=artifact.mar, device=device,
                              dtype=settings.torch_dtype, max_batch_size=settings.max_batch_size,
-                             channels_last=settings.channels_last, compile_mode=settings.compile)
+                             channels_last=settings.channels_last, compile_mode=settings.compile,
+                             batch_workers=settings.batch_workers)
     try:
         handler.initialize(context)
         handler.warmup()

@@ -43,6 +43,8 @@ class PodSettings:
     log_format: str = "console"
     log_level: str = "info"
     http_workers: int = 1
+    handoff_mb: int = 64
+    batch_workers: int = 1
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -54,6 +56,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
     return value
 
 
@@ -89,12 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     parser.add_argument("--http-workers", type=_positive_int, default=1,
                         help="HTTP front processes sharing the port and feeding one model process (1: one process)")
+    parser.add_argument("--handoff-mb", type=_non_negative_int, default=64,
+                        help="shared memory per HTTP front for request tensors (0: send them through the pipe)")
+    parser.add_argument("--batch-workers", type=_positive_int, default=1,
+                        help="threads running batches at once, so one batch is prepared while another runs "
+                             "(built-in handlers without --compile only)")
     return parser
 
 
 def parse_settings(argv: Sequence[str] | None, *, environ: Mapping[str, str]) -> PodSettings:
     """Settings from the command line; ``POD_NO_HANDLER_CODE`` can only forbid code, never allow it."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_workers > 1 and args.compile != "none":
+        # A compiled module (CUDA graphs above all) replays shared static buffers: one batch at a time.
+        parser.error("--batch-workers above 1 cannot be combined with --compile; use one or the other")
     forbid_env = environ.get(NO_HANDLER_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
     return PodSettings(
         artifact=args.artifact, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
@@ -103,4 +121,5 @@ def parse_settings(argv: Sequence[str] | None, *, environ: Mapping[str, str]) ->
         dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
         torch_threads=args.torch_threads, allow_handler_code=not (args.no_handler_code or forbid_env),
         expect_sha256=args.expect_sha256, work_dir=args.work_dir, drain_timeout_s=args.drain_timeout_s,
-        log_format=args.log_format, log_level=args.log_level, http_workers=args.http_workers)
+        log_format=args.log_format, log_level=args.log_level, http_workers=args.http_workers,
+        handoff_mb=args.handoff_mb, batch_workers=args.batch_workers)

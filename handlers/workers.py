@@ -6,6 +6,10 @@ front processes each listen on the pod's port (``SO_REUSEPORT``: the kernel spre
 the same routes (``app.PodApi``) and hand decoded requests to the parent over a pipe each way (``channel``).
 Batches still form across all fronts, because they form in the one batcher.
 
+The model process is the one process every request passes through, so it is kept to the least work per request:
+a front puts a request's tensors in its shared-memory ``Arena`` and sends only where they lie, requests decoded
+in the same event-loop turn travel in one message, and one reader thread serves every front's pipe.
+
 Shared counters (one ``int64`` array, three per front, each written by its front only) tell the batcher how many
 requests are on their way (so a lone request still does not wait for the batch delay) and give the in-flight
 gauge. Fronts send their request counts and latencies to the parent in small batches (at most 50 ms late), so
@@ -17,12 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import dataclasses
 import gc
 import itertools
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import selectors
 import signal
 import socket
 import threading
@@ -35,7 +39,8 @@ from typing import Any
 import structlog
 from prometheus_client import generate_latest
 
-from handlers.base import InferenceRequest, InferenceResult
+from handlers.arena import Arena, Placement
+from handlers.base import InferenceRequest, InferenceResult, Tensors
 from handlers.batching import Reply
 from handlers.channel import Channel, ChannelClosed
 from handlers.dataplane import ModelRuntime, load_runtime
@@ -83,14 +88,35 @@ class ModelInfo:
 
 
 # ------------------------------------------------------------------------------------------ front side
+# A request as it crosses to the model process: the tensors either inline or placed in the front's arena.
+PortableRequest = tuple[str, Tensors | None, bytes | None, Any, str, dict[str, str], dict[str, Any]]
+Job = tuple[int, PortableRequest, Placement | None, float]  # job id, request, placement, timeout
+
+
+def portable(request: InferenceRequest, *, inline: bool) -> PortableRequest:
+    """The request's parts as plain values (tensors left out when they travel through the arena)."""
+    return (request.id, request.inputs if inline else None, request.raw, request.json_body, request.content_type,
+            dict(request.headers), dict(request.parameters))
+
+
+def unportable(parts: PortableRequest, inputs: Tensors | None) -> InferenceRequest:
+    """The request again, with ``inputs`` (arena views) when its tensors did not travel inline."""
+    request_id, inline, raw, json_body, content_type, headers, parameters = parts
+    return InferenceRequest(id=request_id, inputs=inputs if inputs is not None else inline or {}, raw=raw,
+                            json_body=json_body, content_type=content_type, headers=headers, parameters=parameters)
+
+
 class RemoteBatcher:
     """The batcher as a front sees it: requests go to the model process, answers come back by job id."""
 
-    def __init__(self, *, requests: Channel, counters: SharedCounters, index: int):
+    def __init__(self, *, requests: Channel, counters: SharedCounters, index: int, arena: Arena | None):
         self._requests = requests
         self._counters = counters
         self._base = index * _FIELDS
+        self._arena = arena
         self._ids = itertools.count()
+        self._outbox: list[Job] = []
+        self._held: dict[int, int] = {}  # job id -> arena block, until the model process answers that job
         self.pending: dict[int, asyncio.Future[InferenceResult]] = {}
 
     @property
@@ -110,24 +136,38 @@ class RemoteBatcher:
     async def infer(self, request: InferenceRequest, *, timeout_s: float) -> InferenceResult:
         """Send one request to the model process and wait for its answer at most ``timeout_s`` seconds."""
         job_id = next(self._ids)
-        future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[InferenceResult] = loop.create_future()
         self.pending[job_id] = future
-        portable = dataclasses.replace(request, headers=dict(request.headers))
+        placement = self._arena.place(request.inputs) if self._arena is not None and request.inputs else None
+        if placement is not None:
+            self._held[job_id] = placement[0]
+        self._outbox.append((job_id, portable(request, inline=placement is None), placement, timeout_s))
+        if len(self._outbox) == 1:
+            loop.call_soon(self._flush)
         self._counters[self._base + _SENT] += 1
         try:
-            self._requests.send(("infer", job_id, portable, timeout_s))
             return await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             raise TemporaryError(f"no answer within {timeout_s:g} s", reason=Reason.REQUEST_TIMEOUT,
                                  delay=timeout_s) from None
-        except ChannelClosed:
-            raise TemporaryError("the model process is gone", reason=Reason.UNAVAILABLE, delay=1.0) from None
         finally:
             self.pending.pop(job_id, None)
 
+    def _flush(self) -> None:
+        jobs, self._outbox = self._outbox, []
+        try:
+            self._requests.send(("infer", jobs))
+        except ChannelClosed:
+            self.settle([(job[0], pack_error(_gone())) for job in jobs])
+
     def settle(self, outcomes: Sequence[tuple[int, Outcome]]) -> None:
-        """Resolve the futures of answered jobs (on the event loop); late answers are dropped."""
+        """Release answered jobs' arena blocks and resolve their futures (on the event loop); late ones drop."""
         for job_id, outcome in outcomes:
+            block = self._held.pop(job_id, None)
+            if block is not None:
+                assert self._arena is not None
+                self._arena.free(block)
             future = self.pending.get(job_id)
             if future is None or future.done():
                 continue
@@ -143,11 +183,15 @@ class RemoteBatcher:
                 future.set_exception(error)
 
 
+def _gone() -> TemporaryError:
+    return TemporaryError("the model process is gone", reason=Reason.UNAVAILABLE, delay=1.0)
+
+
 class FrontRuntime:
     """A ``ServingRuntime`` for a front process: identity from ``ModelInfo``, inference in the model process."""
 
     def __init__(self, *, settings: PodSettings, info: ModelInfo, index: int, requests: Channel, replies: Channel,
-                 counters: SharedCounters):
+                 counters: SharedCounters, arena: Arena | None):
         self.settings = settings
         self.info = info
         self.ready = False
@@ -156,7 +200,7 @@ class FrontRuntime:
         self._base = index * _FIELDS
         self._requests = requests
         self._replies = replies
-        self._batcher = RemoteBatcher(requests=requests, counters=counters, index=index)
+        self._batcher = RemoteBatcher(requests=requests, counters=counters, index=index, arena=arena)
         self._observed: list[tuple[str, int, float]] = []
         self._scrapes: dict[int, asyncio.Future[bytes]] = {}
         self._scrape_ids = itertools.count()
@@ -213,7 +257,7 @@ class FrontRuntime:
             self._requests.send(("scrape", token))
             return await asyncio.wait_for(future, SCRAPE_TIMEOUT_S)
         except ChannelClosed:
-            raise TemporaryError("the model process is gone", reason=Reason.UNAVAILABLE, delay=1.0) from None
+            raise _gone() from None
         finally:
             self._scrapes.pop(token, None)
 
@@ -231,7 +275,7 @@ class FrontRuntime:
     def _lost(self) -> None:
         log.error("pod.model_process_lost", worker=self.worker)
         self.ready = False
-        self._batcher.fail_all(TemporaryError("the model process is gone", reason=Reason.UNAVAILABLE, delay=1.0))
+        self._batcher.fail_all(_gone())
         self.on_lost()
 
     def _read_replies(self) -> None:
@@ -264,14 +308,19 @@ class _Ticket:
 
 @dataclass(frozen=True, kw_only=True)
 class FrontLink:
-    """The model process's ends of one front's pipes."""
+    """The model process's ends of one front's pipes, and the front's arena."""
 
     requests: Channel
     replies: Channel
+    arena: Arena | None
 
 
 class ModelHub:
-    """The model process's side: reads requests from every front into the batcher, sends batch results back."""
+    """The model process's side: reads requests from every front into the batcher, sends batch results back.
+
+    One reader thread waits on every front's pipe: messages are small (tensors lie in the arenas), and one
+    thread does not contend with the batch workers for the GIL the way one thread per front would.
+    """
 
     def __init__(self, runtime: ModelRuntime, *, links: Sequence[FrontLink], counters: SharedCounters):
         self.runtime = runtime
@@ -293,13 +342,13 @@ class ModelHub:
         return sum(self._counters[front * _FIELDS + _IN_FLIGHT] for front in range(len(self.links)))
 
     def start(self, info: ModelInfo) -> None:
-        """Start the batch worker and one reader thread per front, then tell every front the model is ready."""
+        """Start the batch workers and the reader thread, then tell every front the model is ready."""
         batcher = self.runtime.batcher
         batcher.arriving_elsewhere = self.arriving_elsewhere
         self.runtime.metrics.in_flight.set_function(self.in_flight)
         batcher.start_detached(self.deliver)
+        threading.Thread(target=self._read, name="pod-hub", daemon=True).start()
         for front in range(len(self.links)):
-            threading.Thread(target=self._read, args=(front,), name=f"pod-hub-{front}", daemon=True).start()
             self._send(front, ("hello", info))
 
     def _send(self, front: int, message: Any) -> None:
@@ -318,27 +367,41 @@ class ModelHub:
         for front, outcomes in by_front.items():
             self._send(front, ("results", outcomes))
 
-    def _read(self, front: int) -> None:
-        requests = self.links[front].requests
+    def _read(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            for front, link in enumerate(self.links):
+                selector.register(link.requests.fd, selectors.EVENT_READ, front)
+            while selector.get_map():
+                for key, _ in selector.select():
+                    front = key.data
+                    try:
+                        message = self.links[front].requests.recv()
+                    except ChannelClosed:
+                        selector.unregister(key.fd)
+                        continue
+                    self._handle(front, message)
+
+    def _handle(self, front: int, message: Any) -> None:
+        kind = message[0]
+        if kind == "infer":
+            self._submit(front, message[1])
+        elif kind == "observe":
+            for endpoint, code, seconds in message[1]:
+                self.runtime.observe(endpoint, code, seconds)
+        elif kind == "scrape":
+            self._send(front, ("scrape", message[1], generate_latest(self.runtime.metrics.registry)))
+
+    def _submit(self, front: int, jobs: Sequence[Job]) -> None:
+        arena = self.links[front].arena
+        now = time.perf_counter()
+        items = [(unportable(parts, arena.view(placement) if placement is not None and arena is not None else None),
+                  _Ticket(front, job_id, now + timeout_s)) for job_id, parts, placement, timeout_s in jobs]
+        self._received[front] += len(jobs)
         batcher = self.runtime.batcher
-        while True:
-            try:
-                message = requests.recv()
-            except ChannelClosed:
-                return
-            kind = message[0]
-            if kind == "infer":
-                _, job_id, request, timeout_s = message
-                self._received[front] += 1
-                try:
-                    batcher.submit(request, _Ticket(front, job_id, time.perf_counter() + timeout_s))
-                except ReleaseError as e:
-                    self._send(front, ("results", [(job_id, pack_error(e))]))
-            elif kind == "observe":
-                for endpoint, code, seconds in message[1]:
-                    self.runtime.observe(endpoint, code, seconds)
-            elif kind == "scrape":
-                self._send(front, ("scrape", message[1], generate_latest(self.runtime.metrics.registry)))
+        queued = batcher.submit_many(items)
+        if queued < len(items):
+            refused = pack_error(batcher.queue_full())
+            self._send(front, ("results", [(job[0], refused) for job in jobs[queued:]]))
 
     def close(self) -> None:
         """Close the model process's pipe ends."""
@@ -364,22 +427,25 @@ def listen(host: str, port: int) -> socket.socket:
 class _FrontPipes:
     requests: Channel   # write end
     replies: Channel    # read end
+    arena: Arena | None
 
 
 def _run_front(settings: PodSettings, index: int, pipes: _FrontPipes, close_fds: Sequence[int],
-               counters: SharedCounters) -> None:
+               others: Sequence[Arena], counters: SharedCounters) -> None:
     """A front process: wait for the model, then serve HTTP on the shared port until SIGTERM drains it."""
     from handlers.app import PodApi
     from handlers.server import DrainingServer, uvicorn_config
 
     for fd in close_fds:
         os.close(fd)
+    for arena in others:
+        arena.memory.close()
     try:
         message = pipes.replies.recv()
     except ChannelClosed:
         return  # the model did not load; the parent says why
     runtime = FrontRuntime(settings=settings, info=message[1], index=index, requests=pipes.requests,
-                           replies=pipes.replies, counters=counters)
+                           replies=pipes.replies, counters=counters, arena=pipes.arena)
     api = PodApi(runtime)
     server = DrainingServer(uvicorn_config(api, settings), api=api, drain_timeout_s=settings.drain_timeout_s)
 
@@ -440,15 +506,19 @@ def serve_workers(settings: PodSettings, *, exit_load_failed: int) -> int:
     context = mp.get_context("fork")
     counters = context.RawArray(ctypes.c_int64, count * _FIELDS)
     pairs = [(Channel.pipe(), Channel.pipe()) for _ in range(count)]
-    links = [FrontLink(requests=req_read, replies=rep_write) for (req_read, _), (_, rep_write) in pairs]
-    front_pipes = [_FrontPipes(requests=req_write, replies=rep_read) for (_, req_write), (rep_read, _) in pairs]
+    arenas = [Arena(settings.handoff_mb << 20) if settings.handoff_mb else None for _ in range(count)]
+    links = [FrontLink(requests=req_read, replies=rep_write, arena=arena)
+             for ((req_read, _), (_, rep_write)), arena in zip(pairs, arenas, strict=True)]
+    front_pipes = [_FrontPipes(requests=req_write, replies=rep_read, arena=arena)
+                   for ((_, req_write), (rep_read, _)), arena in zip(pairs, arenas, strict=True)]
     every_fd = [channel.fd for pair in pairs for ends in pair for channel in ends]
     fronts = []
     for index, pipes in enumerate(front_pipes):
         own = {pipes.requests.fd, pipes.replies.fd}
+        others = [arena for arena in arenas if arena is not None and arena is not pipes.arena]
         fronts.append(context.Process(
             target=_run_front, name=f"pod-front-{index}",
-            args=(settings, index, pipes, [fd for fd in every_fd if fd not in own], counters)))
+            args=(settings, index, pipes, [fd for fd in every_fd if fd not in own], others, counters)))
     for front in fronts:
         front.start()
     for pipes in front_pipes:

@@ -57,9 +57,7 @@ class ImageClassifierHandler(ClassifierHandler):
         self.classifier = Classifier(labels=manifest.labels, top_k=int(extra.get("top_k", 5)),
                                      apply_softmax=bool(extra.get("apply_softmax", True)),
                                      output_name=manifest.outputs[0].name)
-        self.runner = ModelRunner(load_model(manifest, context.model_dir), device=context.device,
-                                  dtype=context.dtype, max_batch_size=context.max_batch_size,
-                                  channels_last=context.channels_last, compile_mode=context.compile_mode)
+        self.runner = ModelRunner.for_context(load_model(manifest, context.model_dir), context)
 
     def _decode(self, data: bytes) -> np.ndarray[Any, Any]:
         try:

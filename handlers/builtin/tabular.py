@@ -38,9 +38,7 @@ class TabularHandler(Handler):
         manifest = require_manifest(context)
         self.input_specs = list(manifest.inputs)
         self.output_names = [spec.name for spec in manifest.outputs]
-        self.runner = ModelRunner(load_model(manifest, context.model_dir), device=context.device,
-                                  dtype=context.dtype, max_batch_size=context.max_batch_size,
-                                  channels_last=context.channels_last, compile_mode=context.compile_mode)
+        self.runner = ModelRunner.for_context(load_model(manifest, context.model_dir), context)
 
     def preprocess(self, batch: Sequence[InferenceRequest]) -> TabularBatch:
         """Concatenate each input across requests, once per batch."""
@@ -55,13 +53,10 @@ class TabularHandler(Handler):
         tensors = []
         for spec in self.input_specs:
             try:
-                parts = [request.inputs[spec.name] for request in batch]
-                stacked = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                tensors.append(self.runner.stack([request.inputs[spec.name] for request in batch]))
             except (KeyError, ValueError) as e:
                 raise bad_request("shape_mismatch", f"input {spec.name!r} cannot be batched: {e}",
                                   input=spec.name) from e
-            # Binary OIP tensors arrive as read-only views of the body; torch wants memory it may write.
-            tensors.append(torch.from_numpy(stacked if stacked.flags.writeable else stacked.copy()))
         return TabularBatch(tensors=tuple(tensors), sizes=sizes)
 
     def inference(self, batch: TabularBatch) -> tuple[tuple[torch.Tensor, ...], list[int]]:

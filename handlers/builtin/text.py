@@ -51,9 +51,7 @@ class TextClassifierHandler(ClassifierHandler):
         self.classifier = Classifier(labels=manifest.labels, top_k=int(extra.get("top_k", 5)),
                                      apply_softmax=bool(extra.get("apply_softmax", True)),
                                      output_name=manifest.outputs[0].name)
-        self.runner = ModelRunner(load_model(manifest, context.model_dir), device=context.device,
-                                  dtype=context.dtype, max_batch_size=context.max_batch_size,
-                                  compile_mode="none")
+        self.runner = ModelRunner.for_context(load_model(manifest, context.model_dir), context, compile_mode="none")
 
     def _texts(self, request: InferenceRequest) -> tuple[list[str], bool]:
         if self.input_name in request.inputs:
