@@ -2,10 +2,16 @@
 
 Two models with random weights, defined here (no torchvision): a ResNet-50 (fp16, channels_last, 224x224) and a
 BERT-base-sized classifier (12 layers, d=768, 12 heads, sequence length 128). For each, in the same run on the
-same GPU: raw forward throughput at the serving batch size and raw batch-1 latency, then the same TorchScript
-model behind our pod server (OIP binary tensors over loopback HTTP, closed-loop clients) at saturation and at
-concurrency 1, twice: one server process (``served``) and ``--http-workers`` HTTP front processes before one model
-process (``served_workers``). Prints a JSON summary and writes it to $OUT/gpu_bench.json when OUT is set.
+same GPU:
+
+- raw: the pod's own loader builds the model in this process (the same TorchScript file, precision and memory
+  format the pod serves), and the module's forward is timed on inputs already on the GPU: items/s at the serving
+  batch size, and batch-1 latency as the median of at least 200 synchronised calls after a warm-up;
+- served: the same model directory behind ``python -m handlers.server`` (OIP binary tensors over loopback HTTP,
+  closed-loop clients) at saturation and at concurrency 1, once per pod layout in ``--layouts`` (``HxB``: H HTTP
+  processes, B batch workers; ``1x1`` is one process).
+
+Prints a JSON summary and writes it to $OUT/gpu_bench.json when OUT is set.
 
     python bench/serving/gpu_bench.py            # on a GPU machine, under 5 minutes
     python bench/serving/gpu_bench.py --smoke    # tiny sizes on the CPU, to check the script itself
@@ -36,6 +42,7 @@ import torch
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # the raw baseline loads the model with the pod's own loader
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -129,26 +136,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def raw_forward(case: Case, *, device: torch.device, dtype: torch.dtype, seconds: float) -> dict[str, float]:
-    """Items/s at the serving batch size and p50 batch-1 latency, model placed exactly as the pod places it."""
-    module = case.module.to(device=device, dtype=dtype)
-    channels_last = "--channels-last" in case.extra_args
+def raw_forward(case: Case, folder: Path, *, device: torch.device, seconds: float) -> dict[str, float]:
+    """Items/s at the serving batch size and batch-1 latency of the module the pod would serve, inputs on device."""
+    from handlers.dataplane import load_runtime
+    from handlers.settings import parse_settings
 
-    def make(n: int) -> torch.Tensor:
-        x = case.example.unsqueeze(0).expand(n, *case.example.shape).contiguous().to(device)
-        if x.is_floating_point():
-            x = x.to(dtype)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    if channels_last:
-        module = module.to(memory_format=torch.channels_last)
+    settings = parse_settings(["--artifact", str(model_dir(case, folder)), "--device", device.type,
+                               "--max-batch-size", str(case.batch), *case.extra_args], environ={})
+    runner = load_runtime(settings).handler.runner  # type: ignore[attr-defined]
+    module = runner.module
     with torch.inference_mode():
-        batch, single = make(case.batch), make(1)
-        for _ in range(3):
+        batch, single = (runner.to_device(case.example.unsqueeze(0).expand(n, *case.example.shape).contiguous())
+                         for n in (case.batch, 1))
+        for _ in range(10):
             module(batch)
-            module(single)
         synchronize(device)
         count, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
@@ -158,15 +159,22 @@ def raw_forward(case: Case, *, device: torch.device, dtype: torch.dtype, seconds
                 synchronize(device)
         synchronize(device)
         throughput = count * case.batch / (time.perf_counter() - started)
+        for _ in range(50):
+            module(single)
+        synchronize(device)
         latencies = []
         deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline or len(latencies) < 200:
             began = time.perf_counter()
             module(single)
             synchronize(device)
             latencies.append(time.perf_counter() - began)
-    case.module.to(device="cpu", dtype=torch.float32)
-    return {"items_per_s": throughput, "batch1_p50_ms": statistics.median(latencies) * 1000}
+    del runner, module, batch, single
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    ordered = sorted(latencies)
+    return {"items_per_s": throughput, "batch1_p50_ms": statistics.median(latencies) * 1000,
+            "batch1_p10_ms": ordered[len(ordered) // 10] * 1000, "batch1_calls": len(latencies)}
 
 
 # ------------------------------------------------------------------------------------------ served
@@ -255,14 +263,14 @@ def load(url: str, body: bytes, headers: dict[str, str], *, concurrency: int, se
 
 
 def served(case: Case, folder: Path, *, device: str, seconds: float, concurrency: int, items: int,
-           processes: int, http_workers: int = 1) -> dict[str, Any]:
+           processes: int, http_workers: int = 1, batch_workers: int = 1) -> dict[str, Any]:
     """Start a pod for the case, measure saturation and concurrency-1 latency, stop it."""
     port = free_port()
-    log_path = folder / f"{case.name}-w{http_workers}.log"
+    log_path = folder / f"{case.name}-{http_workers}x{batch_workers}.log"
     command = [sys.executable, "-m", "handlers.server", "--artifact", str(model_dir(case, folder)), "--host",
                "127.0.0.1", "--port", str(port), "--device", device, "--max-batch-size", str(case.batch),
                "--max-batch-delay-ms", "2", "--queue-size", "4096", "--log-format", "json",
-               "--http-workers", str(http_workers), *case.extra_args]
+               "--http-workers", str(http_workers), "--batch-workers", str(batch_workers), *case.extra_args]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -293,7 +301,8 @@ def served(case: Case, folder: Path, *, device: str, seconds: float, concurrency
         single = load(url, body, headers, concurrency=1, seconds=seconds, items=1, processes=1)
         batches = [line for line in httpx.get(f"{base}/metrics").text.splitlines()
                    if line.startswith("pod_batch_size_") and not line.startswith("pod_batch_size_bucket")]
-        return {"http_workers": http_workers, "saturated": saturated, "saturated_multi_item": saturated_multi,
+        return {"http_workers": http_workers, "batch_workers": batch_workers, "saturated": saturated,
+                "saturated_multi_item": saturated_multi,
                 "concurrency_1": single, "batch_metrics": batches}
     finally:
         process.terminate()
@@ -308,32 +317,38 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=None, help="clients at saturation")
     parser.add_argument("--items-per-request", type=int, default=16, help="inputs per request, second load")
     parser.add_argument("--client-processes", type=int, default=None, help="load generator processes")
-    parser.add_argument("--http-workers", type=int, default=None,
-                        help="HTTP front processes for the second served run (default 8, 2 with --smoke)")
+    parser.add_argument("--layouts", default=None,
+                        help="pod layouts to serve, comma-separated HxB (H HTTP processes, B batch workers); "
+                             "default 1x1,8x1,8x2 (1x1,2x2 with --smoke)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     seconds = args.seconds or (2.0 if args.smoke else 10.0)
     concurrency = args.concurrency or (16 if args.smoke else 128)
-    http_workers = args.http_workers or (2 if args.smoke else 8)
+    layouts = [tuple(int(n) for n in layout.split("x")) for layout in
+               (args.layouts or ("1x1,2x2" if args.smoke else "1x1,8x1,8x2")).split(",")]
     summary: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                                "torch": torch.__version__, "dtype": str(dtype), "smoke": args.smoke,
                                "date": time.strftime("%Y-%m-%d"), "concurrency": concurrency,
-                               "http_workers": http_workers, "models": {}}
+                               "layouts": [f"{h}x{b}" for h, b in layouts], "models": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as tmp:
         for case in cases(smoke=args.smoke, dtype=dtype):
-            raw = raw_forward(case, device=device, dtype=dtype, seconds=seconds / 2)
-            pods = [served(case, Path(tmp), device=device.type, seconds=seconds, concurrency=concurrency,
-                           items=args.items_per_request, processes=args.client_processes or (2 if args.smoke else 8),
-                           http_workers=workers) for workers in (1, http_workers)]
+            raw = raw_forward(case, Path(tmp), device=device, seconds=seconds / 2)
             result: dict[str, Any] = {"batch": case.batch, "raw": raw}
-            for key, pod in zip(("", "_workers"), pods, strict=True):
-                result[f"served{key}"] = pod
-                result[f"throughput_ratio{key}"] = pod["saturated"]["items_per_s"] / raw["items_per_s"]
-                result[f"throughput_ratio_multi_item{key}"] = (pod["saturated_multi_item"]["items_per_s"]
-                                                               / raw["items_per_s"])
-                result[f"batch1_overhead_ms{key}"] = pod["concurrency_1"]["p50_ms"] - raw["batch1_p50_ms"]
+            for http_workers, batch_workers in layouts:
+                pod = served(case, Path(tmp), device=device.type, seconds=seconds, concurrency=concurrency,
+                             items=args.items_per_request,
+                             processes=args.client_processes or (2 if args.smoke else 8),
+                             http_workers=http_workers, batch_workers=batch_workers)
+                pod["throughput_ratio"] = pod["saturated"]["items_per_s"] / raw["items_per_s"]
+                pod["throughput_ratio_multi_item"] = pod["saturated_multi_item"]["items_per_s"] / raw["items_per_s"]
+                pod["batch1_overhead_ms"] = pod["concurrency_1"]["p50_ms"] - raw["batch1_p50_ms"]
+                result[f"served_{http_workers}x{batch_workers}"] = pod
+                print(json.dumps({"model": case.name, "layout": f"{http_workers}x{batch_workers}",
+                                  "ratio": round(pod["throughput_ratio"], 3),
+                                  "ratio_multi": round(pod["throughput_ratio_multi_item"], 3),
+                                  "overhead_ms": round(pod["batch1_overhead_ms"], 3)}), file=sys.stderr, flush=True)
             summary["models"][case.name] = result
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     text = json.dumps(summary, indent=1)
