@@ -27,6 +27,8 @@ class PodMetrics:
     queue_depth: Gauge
     in_flight: Gauge
     gpu_memory: Gauge
+    handoff: Counter
+    handoff_blocks: Gauge
 
 
 def create_metrics(*, model: str, version: str, device: torch.device) -> PodMetrics:
@@ -56,4 +58,9 @@ def create_metrics(*, model: str, version: str, device: torch.device) -> PodMetr
         in_flight=Gauge("pod_in_flight_requests", "Inference requests received and not yet answered.",
                         registry=registry),
         gpu_memory=gpu_memory,
+        handoff=Counter("pod_handoff_requests", "Requests whose tensors crossed from an HTTP front to the model "
+                        "process, by path: shared_memory (the front's arena) or pipe (they did not fit).",
+                        ["path"], registry=registry),
+        handoff_blocks=Gauge("pod_handoff_blocks_in_use", "Arena blocks the HTTP fronts hold for requests the "
+                             "model process has not answered yet (reported every 50 ms).", registry=registry),
     )

@@ -133,6 +133,11 @@ class RemoteBatcher:
         """Requests of this front waiting for an answer."""
         return len(self.pending)
 
+    @property
+    def blocks_in_use(self) -> int:
+        """Arena blocks held for requests the model process has not answered yet."""
+        return len(self._held)
+
     async def infer(self, request: InferenceRequest, *, timeout_s: float) -> InferenceResult:
         """Send one request to the model process and wait for its answer at most ``timeout_s`` seconds."""
         job_id = next(self._ids)
@@ -202,6 +207,7 @@ class FrontRuntime:
         self._replies = replies
         self._batcher = RemoteBatcher(requests=requests, counters=counters, index=index, arena=arena)
         self._observed: list[tuple[str, int, float]] = []
+        self._reported_blocks = 0
         self._scrapes: dict[int, asyncio.Future[bytes]] = {}
         self._scrape_ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -235,10 +241,11 @@ class FrontRuntime:
         self._observed.append((endpoint, code, seconds))
 
     def _flush(self) -> None:
-        if self._observed:
-            observed, self._observed = self._observed, []
+        blocks = self._batcher.blocks_in_use
+        if self._observed or blocks != self._reported_blocks:
+            observed, self._observed, self._reported_blocks = self._observed, [], blocks
             try:
-                self._requests.send(("observe", observed))
+                self._requests.send(("observe", observed, blocks))
             except ChannelClosed:
                 return
 
@@ -327,6 +334,7 @@ class ModelHub:
         self.links = links
         self._counters = counters
         self._received = [0] * len(links)
+        self._blocks = [0] * len(links)  # arena blocks each front last reported holding
 
     def arriving_elsewhere(self) -> int:
         """Requests being decoded by a front, or sent and not yet read here."""
@@ -346,6 +354,7 @@ class ModelHub:
         batcher = self.runtime.batcher
         batcher.arriving_elsewhere = self.arriving_elsewhere
         self.runtime.metrics.in_flight.set_function(self.in_flight)
+        self.runtime.metrics.handoff_blocks.set_function(lambda: sum(self._blocks))
         batcher.start_detached(self.deliver)
         threading.Thread(target=self._read, name="pod-hub", daemon=True).start()
         for front in range(len(self.links)):
@@ -388,6 +397,7 @@ class ModelHub:
         elif kind == "observe":
             for endpoint, code, seconds in message[1]:
                 self.runtime.observe(endpoint, code, seconds)
+            self._blocks[front] = message[2]
         elif kind == "scrape":
             self._send(front, ("scrape", message[1], generate_latest(self.runtime.metrics.registry)))
 
@@ -397,6 +407,9 @@ class ModelHub:
         items = [(unportable(parts, arena.view(placement) if placement is not None and arena is not None else None),
                   _Ticket(front, job_id, now + timeout_s)) for job_id, parts, placement, timeout_s in jobs]
         self._received[front] += len(jobs)
+        handoff = self.runtime.metrics.handoff
+        handoff.labels("shared_memory").inc(sum(1 for job in jobs if job[2] is not None))
+        handoff.labels("pipe").inc(sum(1 for job in jobs if job[2] is None and job[1][1]))
         batcher = self.runtime.batcher
         queued = batcher.submit_many(items)
         if queued < len(items):

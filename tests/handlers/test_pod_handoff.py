@@ -7,6 +7,7 @@ answers, ``--batch-workers 2`` serves correct results, and the layouts it cannot
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -154,11 +155,22 @@ def test_two_batch_workers_run_batches_at_the_same_time():
 
 
 # ------------------------------------------------------------------------------------------ pods
-def binary_body(rows: np.ndarray) -> tuple[bytes, dict[str, str]]:
+def eventually(read, predicate, *, timeout_s: float):
+    """``read()`` polled (bounded) until ``predicate`` holds for it; returns the last value read."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if predicate(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
+def binary_body(rows: np.ndarray, **parameters: float) -> tuple[bytes, dict[str, str]]:
     """An OIP infer request with the rows as a binary FP32 tensor."""
     raw = rows.astype(np.float32).tobytes()
     header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
-                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
+                                     "parameters": {"binary_data_size": len(raw)}}],
+                         "parameters": parameters}).encode()
     return header + raw, {"Inference-Header-Content-Length": str(len(header)),
                           "Content-Type": "application/octet-stream"}
 
@@ -185,6 +197,33 @@ def test_arena_and_pipe_hand_offs_answer_alike(start_pod, artifacts: Artifacts, 
         for start in range(0, 200, 10):  # the arena's blocks come back after each answer
             body, headers = binary_body(digits.x[start:start + 10])
             assert predicted(client.post(url, content=body, headers=headers)) == expected[start:start + 10]
+
+
+def test_timed_out_requests_give_their_arena_blocks_back(start_pod, artifacts: Artifacts, digits: Digits):
+    """Requests the fronts gave up on (504) hold their blocks until the model process answers, then free them."""
+    pod = start_pod(artifacts.slow, "--http-workers", "2", "--handoff-mb", "1", "--max-batch-size", "2",
+                    "--request-timeout-s", "0.3").wait_ready()
+    url = f"{pod.url}/v2/models/slow/infer"
+    body, headers = binary_body(digits.x[:600], sleep_s=1.0)  # 150 KB: six fit one front's 1 MB arena
+
+    def gauge() -> float:
+        return metric_samples(httpx.get(f"{pod.url}/metrics").text, "pod_handoff")[
+            "pod_handoff_blocks_in_use"]
+
+    async def wave() -> list[int]:
+        async def one() -> int:
+            async with httpx.AsyncClient(timeout=30) as client:
+                return (await client.post(url, content=body, headers=headers)).status_code
+
+        return list(await asyncio.gather(*(one() for _ in range(6))))
+
+    for _ in range(3):
+        assert asyncio.run(wave()) == [504] * 6
+        assert eventually(gauge, lambda blocks: blocks > 0, timeout_s=0.6) > 0  # the first batch still sleeps
+        assert eventually(gauge, lambda blocks: blocks == 0, timeout_s=15) == 0
+    paths = metric_samples(httpx.get(f"{pod.url}/metrics").text, "pod_handoff_requests_total")
+    assert paths['pod_handoff_requests_total{path="shared_memory"}'] == 18
+    assert paths['pod_handoff_requests_total{path="pipe"}'] == 0
 
 
 def test_batch_workers_serve_concurrent_requests(start_pod, artifacts: Artifacts, digits: Digits):
