@@ -262,31 +262,39 @@ def load(url: str, body: bytes, headers: dict[str, str], *, concurrency: int, se
             "items_per_request": items, "client_processes": processes}
 
 
+def start_pod(artifact: Path, *, log_path: Path, repo: Path,
+              args: tuple[str, ...]) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m handlers.server`` from ``repo`` on a free port, once ready: the process and its base URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "handlers.server", "--artifact", str(artifact), "--host", "127.0.0.1",
+               "--port", str(port), *args]
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(command, cwd=repo, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                       p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the pod did not start ({args}):\n{log_path.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+
+
 def served(case: Case, folder: Path, *, device: str, seconds: float, concurrency: int, items: int,
            processes: int, http_workers: int = 1, batch_workers: int = 1) -> dict[str, Any]:
     """Start a pod for the case, measure saturation and concurrency-1 latency, stop it."""
-    port = free_port()
     log_path = folder / f"{case.name}-{http_workers}x{batch_workers}.log"
-    command = [sys.executable, "-m", "handlers.server", "--artifact", str(model_dir(case, folder)), "--host",
-               "127.0.0.1", "--port", str(port), "--device", device, "--max-batch-size", str(case.batch),
-               "--max-batch-delay-ms", "2", "--queue-size", "4096", "--log-format", "json",
-               "--http-workers", str(http_workers), "--batch-workers", str(batch_workers), *case.extra_args]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                       p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)})
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_pod(model_dir(case, folder), log_path=log_path, repo=REPO, args=(
+        "--device", device, "--max-batch-size", str(case.batch), "--max-batch-delay-ms", "2", "--queue-size",
+        "4096", "--log-format", "json", "--http-workers", str(http_workers), "--batch-workers", str(batch_workers),
+        *case.extra_args))
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"pod for {case.name} did not start:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
         url = f"{base}/v2/models/{case.name}/infer"
         body, headers = binary_body(case)
         multi_body, multi_headers = binary_body(case, items)

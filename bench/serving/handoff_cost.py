@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -91,25 +90,11 @@ def batcher_totals(base: str) -> tuple[float, float]:
 def measure(case: gpu_bench.Case, folder: Path, layout: tuple[str, ...], *, seconds: float, concurrency: int,
             repo: Path) -> dict[str, float]:
     """Start the pod in ``layout``, load it, and return requests/s and CPU microseconds per request."""
-    port = gpu_bench.free_port()
-    command = [sys.executable, "-m", "handlers.server", "--artifact", str(gpu_bench.model_dir(case, folder)),
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--max-batch-size", "64",
-               "--max-batch-delay-ms", "2", "--queue-size", "4096", "--torch-threads", "1", "--log-format", "json",
-               *layout]
-    with (folder / "pods.log").open("ab") as log:
-        process = subprocess.Popen(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    process, base = gpu_bench.start_pod(
+        gpu_bench.model_dir(case, folder), log_path=folder / "pods.log", repo=repo,
+        args=("--device", "cpu", "--max-batch-size", "64", "--max-batch-delay-ms", "2", "--queue-size", "4096",
+              "--torch-threads", "1", "--log-format", "json", *layout))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the pod did not start: {layout}")
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
         url = f"{base}/v2/models/{case.name}/infer"
         body, headers = gpu_bench.binary_body(case)
         if httpx.post(url, content=body, headers=headers, timeout=30).status_code != 200:

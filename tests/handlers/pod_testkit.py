@@ -214,6 +214,16 @@ def infer_body(rows: np.ndarray, **extra: Any) -> dict[str, Any]:
                         "data": rows.ravel().tolist()}], **extra}
 
 
+def eventually(read: Callable[[], Any], predicate: Callable[[Any], bool], *, timeout_s: float = 5.0) -> Any:
+    """``read()`` polled (bounded) until ``predicate`` holds for it; returns the last value read."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if predicate(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
+
+
 def metric_samples(text: str, name: str) -> dict[str, float]:
     """Samples of one metric family from Prometheus text, keyed by the sample line's name and labels."""
     samples = {}

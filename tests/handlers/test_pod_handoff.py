@@ -18,7 +18,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pod_testkit import Artifacts, Digits, Pod, infer_body, metric_samples
+from pod_testkit import Artifacts, Digits, Pod, eventually, infer_body, metric_samples
 
 from handlers.arena import ALIGN, Arena
 from handlers.base import InferenceRequest, InferenceResult
@@ -155,16 +155,6 @@ def test_two_batch_workers_run_batches_at_the_same_time():
 
 
 # ------------------------------------------------------------------------------------------ pods
-def eventually(read, predicate, *, timeout_s: float):
-    """``read()`` polled (bounded) until ``predicate`` holds for it; returns the last value read."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = read()
-        if predicate(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.02)
-
-
 def binary_body(rows: np.ndarray, **parameters: float) -> tuple[bytes, dict[str, str]]:
     """An OIP infer request with the rows as a binary FP32 tensor."""
     raw = rows.astype(np.float32).tobytes()

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import httpx
 import pytest
-from pod_testkit import Artifacts, Digits, Pod, infer_body, metric_samples
+from pod_testkit import Artifacts, Digits, Pod, eventually, infer_body, metric_samples
 
 URL = "/v2/models/slow/infer"
 
@@ -32,16 +31,6 @@ async def send_all(url: str, bodies: list[dict]) -> list[httpx.Response]:
             return await client.post(url, json=body)
 
     return await asyncio.gather(*(one(body) for body in bodies))
-
-
-def eventually(read, predicate, *, timeout_s: float = 5.0):
-    """``read()`` polled (bounded) until ``predicate`` holds for it; returns that value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = read()
-        if predicate(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def test_all_endpoints_answer(workers_pod: Pod, digits: Digits):
