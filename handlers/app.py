@@ -253,24 +253,28 @@ class PodApi:
 
     def routes(self) -> list[Route]:
         """Every route of the pod."""
-        table: list[tuple[str, str, Endpoint, list[str]]] = [
-            ("/v2/health/live", "health", self.live, ["GET"]),
-            ("/v2/health/ready", "health", self.ready, ["GET"]),
-            ("/v2", "metadata", self.server_metadata, ["GET"]),
-            ("/v2/models/{model}", "metadata", self.model_metadata, ["GET"]),
-            ("/v2/models/{model}/versions/{version}", "metadata", self.model_metadata, ["GET"]),
-            ("/v2/models/{model}/ready", "health", self.model_ready, ["GET"]),
-            ("/v2/models/{model}/versions/{version}/ready", "health", self.model_ready, ["GET"]),
-            ("/v2/models/{model}/infer", "infer", self.infer, ["POST"]),
-            ("/v2/models/{model}/versions/{version}/infer", "infer", self.infer, ["POST"]),
-            ("/ping", "health", self.ping, ["GET", "POST"]),
-            ("/predictions/{model}", "predictions", self.predictions, ["POST", "PUT"]),
-            ("/predictions/{model}/{version}", "predictions", self.predictions, ["POST", "PUT"]),
-            ("/predict/{model}", "predictions", self.predictions, ["POST", "PUT"]),
-            ("/predict/{model}/{version}", "predictions", self.predictions, ["POST", "PUT"]),
-            ("/metrics", "metrics", self.prometheus, ["GET"]),
-        ]
-        return [Route(path, self.endpoint(name, handler), methods=methods) for path, name, handler, methods in table]
+        return [Route(path, self.endpoint(name, getattr(self, method)), methods=list(methods))
+                for path, name, method, methods in ROUTES]
+
+
+# (path, ``endpoint`` label of its metrics, PodApi method, HTTP methods)
+ROUTES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    ("/v2/health/live", "health", "live", ("GET",)),
+    ("/v2/health/ready", "health", "ready", ("GET",)),
+    ("/v2", "metadata", "server_metadata", ("GET",)),
+    ("/v2/models/{model}", "metadata", "model_metadata", ("GET",)),
+    ("/v2/models/{model}/versions/{version}", "metadata", "model_metadata", ("GET",)),
+    ("/v2/models/{model}/ready", "health", "model_ready", ("GET",)),
+    ("/v2/models/{model}/versions/{version}/ready", "health", "model_ready", ("GET",)),
+    ("/v2/models/{model}/infer", "infer", "infer", ("POST",)),
+    ("/v2/models/{model}/versions/{version}/infer", "infer", "infer", ("POST",)),
+    ("/ping", "health", "ping", ("GET", "POST")),
+    ("/predictions/{model}", "predictions", "predictions", ("POST", "PUT")),
+    ("/predictions/{model}/{version}", "predictions", "predictions", ("POST", "PUT")),
+    ("/predict/{model}", "predictions", "predictions", ("POST", "PUT")),
+    ("/predict/{model}/{version}", "predictions", "predictions", ("POST", "PUT")),
+    ("/metrics", "metrics", "prometheus", ("GET",)),
+)
 
 
 def create_app(api: PodApi) -> Starlette:

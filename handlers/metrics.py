@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ENDPOINTS = ("health", "metadata", "infer", "predictions", "metrics")  # the ``endpoint`` label's values
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,13 +48,13 @@ def create_metrics(*, model: str, version: str, device: torch.device) -> PodMetr
         requests=Counter("pod_requests", "Requests answered, by endpoint and HTTP status code.",
                          ["endpoint", "code"], registry=registry),
         latency=Histogram("pod_request_latency_seconds", "Time from request arrival to response, by endpoint.",
-                          ["endpoint"], buckets=_LATENCY_BUCKETS, registry=registry),
+                          ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry),
         queue_time=Histogram("pod_queue_time_seconds", "Time a request waited in the queue before its batch ran.",
-                             buckets=_LATENCY_BUCKETS, registry=registry),
+                             buckets=LATENCY_BUCKETS, registry=registry),
         batch_size=Histogram("pod_batch_size", "Requests per batch the model ran.", buckets=_BATCH_BUCKETS,
                              registry=registry),
         batch_seconds=Histogram("pod_batch_seconds", "Time the handler took per batch.",
-                                buckets=_LATENCY_BUCKETS, registry=registry),
+                                buckets=LATENCY_BUCKETS, registry=registry),
         queue_depth=Gauge("pod_queue_depth", "Requests waiting for a batch slot.", registry=registry),
         in_flight=Gauge("pod_in_flight_requests", "Inference requests received and not yet answered.",
                         registry=registry),
@@ -62,5 +63,5 @@ def create_metrics(*, model: str, version: str, device: torch.device) -> PodMetr
                         "process, by path: shared_memory (the front's arena) or pipe (they did not fit).",
                         ["path"], registry=registry),
         handoff_blocks=Gauge("pod_handoff_blocks_in_use", "Arena blocks the HTTP fronts hold for requests the "
-                             "model process has not answered yet (reported every 50 ms).", registry=registry),
+                             "model process has not answered yet.", registry=registry),
     )

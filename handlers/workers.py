@@ -10,10 +10,10 @@ The model process is the one process every request passes through, so it is kept
 a front puts a request's tensors in its shared-memory ``Arena`` and sends only where they lie, requests decoded
 in the same event-loop turn travel in one message, and one reader thread serves every front's pipe.
 
-Shared counters (one ``int64`` array, three per front, each written by its front only) tell the batcher how many
-requests are on their way (so a lone request still does not wait for the batch delay) and give the in-flight
-gauge. Fronts send their request counts and latencies to the parent in small batches (at most 50 ms late), so
-``/metrics`` on any front shows the whole pod. SIGTERM to the parent drains every front, then the batcher; the
+Shared counters (one ``int64`` array, four per front, each written by its front only) tell the batcher how many
+requests are on their way (so a lone request still does not wait for the batch delay) and give the in-flight and
+arena gauges. Fronts count answered requests in shared memory too (``request_metrics``), so ``/metrics`` on any
+front shows the whole pod, exact when scraped. SIGTERM to the parent drains every front, then the batcher; the
 parent exits 0 after its children.
 """
 
@@ -44,15 +44,15 @@ from handlers.base import InferenceRequest, InferenceResult, Tensors
 from handlers.batching import Reply
 from handlers.channel import Channel, ChannelClosed
 from handlers.dataplane import ModelRuntime, load_runtime
+from handlers.request_metrics import SharedRequestMetrics
 from handlers.settings import PodSettings
 from schemas.errors import Reason, ReleaseError, TemporaryError
 from schemas.manifest import TensorSpec
 
 log = structlog.get_logger("handlers.workers")
 
-SharedCounters = Any  # a multiprocessing RawArray of int64: (arriving, in_flight, sent) per front
-_ARRIVING, _IN_FLIGHT, _SENT, _FIELDS = 0, 1, 2, 3
-OBSERVE_FLUSH_S = 0.05
+SharedCounters = Any  # a multiprocessing RawArray of int64: (arriving, in_flight, sent, arena blocks) per front
+_ARRIVING, _IN_FLIGHT, _SENT, _BLOCKS, _FIELDS = 0, 1, 2, 3, 4
 SCRAPE_TIMEOUT_S = 10.0
 EXIT_FRONT_FAILED = 1
 
@@ -133,11 +133,6 @@ class RemoteBatcher:
         """Requests of this front waiting for an answer."""
         return len(self.pending)
 
-    @property
-    def blocks_in_use(self) -> int:
-        """Arena blocks held for requests the model process has not answered yet."""
-        return len(self._held)
-
     async def infer(self, request: InferenceRequest, *, timeout_s: float) -> InferenceResult:
         """Send one request to the model process and wait for its answer at most ``timeout_s`` seconds."""
         job_id = next(self._ids)
@@ -147,6 +142,7 @@ class RemoteBatcher:
         placement = self._arena.place(request.inputs) if self._arena is not None and request.inputs else None
         if placement is not None:
             self._held[job_id] = placement[0]
+            self._counters[self._base + _BLOCKS] = len(self._held)
         self._outbox.append((job_id, portable(request, inline=placement is None), placement, timeout_s))
         if len(self._outbox) == 1:
             loop.call_soon(self._flush)
@@ -173,6 +169,7 @@ class RemoteBatcher:
             if block is not None:
                 assert self._arena is not None
                 self._arena.free(block)
+                self._counters[self._base + _BLOCKS] = len(self._held)
             future = self.pending.get(job_id)
             if future is None or future.done():
                 continue
@@ -196,7 +193,7 @@ class FrontRuntime:
     """A ``ServingRuntime`` for a front process: identity from ``ModelInfo``, inference in the model process."""
 
     def __init__(self, *, settings: PodSettings, info: ModelInfo, index: int, requests: Channel, replies: Channel,
-                 counters: SharedCounters, arena: Arena | None):
+                 counters: SharedCounters, arena: Arena | None, request_metrics: SharedRequestMetrics):
         self.settings = settings
         self.info = info
         self.ready = False
@@ -206,8 +203,8 @@ class FrontRuntime:
         self._requests = requests
         self._replies = replies
         self._batcher = RemoteBatcher(requests=requests, counters=counters, index=index, arena=arena)
-        self._observed: list[tuple[str, int, float]] = []
-        self._reported_blocks = 0
+        self._index = index
+        self._request_metrics = request_metrics
         self._scrapes: dict[int, asyncio.Future[bytes]] = {}
         self._scrape_ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -237,26 +234,11 @@ class FrontRuntime:
         return self.info.metadata
 
     def observe(self, endpoint: str, code: int, seconds: float) -> None:
-        """Remember one answered request; sent to the model process's registry within ``OBSERVE_FLUSH_S``."""
-        self._observed.append((endpoint, code, seconds))
-
-    def _flush(self) -> None:
-        blocks = self._batcher.blocks_in_use
-        if self._observed or blocks != self._reported_blocks:
-            observed, self._observed, self._reported_blocks = self._observed, [], blocks
-            try:
-                self._requests.send(("observe", observed, blocks))
-            except ChannelClosed:
-                return
-
-    def _flush_periodically(self) -> None:
-        self._flush()
-        assert self._loop is not None
-        self._loop.call_later(OBSERVE_FLUSH_S, self._flush_periodically)
+        """Count one answered request in the pod-wide counters (shared memory, read by the model process)."""
+        self._request_metrics.record(self._index, endpoint, code, seconds)
 
     async def scrape(self) -> bytes:
-        """The whole pod's metrics, from the model process (after sending this front's pending counts)."""
-        self._flush()
+        """The whole pod's metrics, from the model process."""
         token = next(self._scrape_ids)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._scrapes[token] = future
@@ -269,10 +251,9 @@ class FrontRuntime:
             self._scrapes.pop(token, None)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Start reading answers from the model process, and the periodic metrics flush."""
+        """Start reading answers from the model process."""
         self._loop = loop
         threading.Thread(target=self._read_replies, name="pod-front-replies", daemon=True).start()
-        loop.call_later(OBSERVE_FLUSH_S, self._flush_periodically)
 
     def _settle_scrape(self, token: int, text: bytes) -> None:
         future = self._scrapes.get(token)
@@ -329,12 +310,13 @@ class ModelHub:
     thread does not contend with the batch workers for the GIL the way one thread per front would.
     """
 
-    def __init__(self, runtime: ModelRuntime, *, links: Sequence[FrontLink], counters: SharedCounters):
+    def __init__(self, runtime: ModelRuntime, *, links: Sequence[FrontLink], counters: SharedCounters,
+                 request_metrics: SharedRequestMetrics):
         self.runtime = runtime
+        self._request_metrics = request_metrics
         self.links = links
         self._counters = counters
         self._received = [0] * len(links)
-        self._blocks = [0] * len(links)  # arena blocks each front last reported holding
 
     def arriving_elsewhere(self) -> int:
         """Requests being decoded by a front, or sent and not yet read here."""
@@ -353,8 +335,14 @@ class ModelHub:
         """Start the batch workers and the reader thread, then tell every front the model is ready."""
         batcher = self.runtime.batcher
         batcher.arriving_elsewhere = self.arriving_elsewhere
+        metrics = self.runtime.metrics
+        # The fronts answer HTTP: request counts and latencies are theirs, summed from shared memory.
+        metrics.registry.unregister(metrics.requests)
+        metrics.registry.unregister(metrics.latency)
+        metrics.registry.register(self._request_metrics)
         self.runtime.metrics.in_flight.set_function(self.in_flight)
-        self.runtime.metrics.handoff_blocks.set_function(lambda: sum(self._blocks))
+        self.runtime.metrics.handoff_blocks.set_function(
+            lambda: sum(self._counters[front * _FIELDS + _BLOCKS] for front in range(len(self.links))))
         batcher.start_detached(self.deliver)
         threading.Thread(target=self._read, name="pod-hub", daemon=True).start()
         for front in range(len(self.links)):
@@ -394,10 +382,6 @@ class ModelHub:
         kind = message[0]
         if kind == "infer":
             self._submit(front, message[1])
-        elif kind == "observe":
-            for endpoint, code, seconds in message[1]:
-                self.runtime.observe(endpoint, code, seconds)
-            self._blocks[front] = message[2]
         elif kind == "scrape":
             self._send(front, ("scrape", message[1], generate_latest(self.runtime.metrics.registry)))
 
@@ -444,7 +428,7 @@ class _FrontPipes:
 
 
 def _run_front(settings: PodSettings, index: int, pipes: _FrontPipes, close_fds: Sequence[int],
-               others: Sequence[Arena], counters: SharedCounters) -> None:
+               others: Sequence[Arena], counters: SharedCounters, request_metrics: SharedRequestMetrics) -> None:
     """A front process: wait for the model, then serve HTTP on the shared port until SIGTERM drains it."""
     from handlers.app import PodApi
     from handlers.server import DrainingServer, uvicorn_config
@@ -458,7 +442,8 @@ def _run_front(settings: PodSettings, index: int, pipes: _FrontPipes, close_fds:
     except ChannelClosed:
         return  # the model did not load; the parent says why
     runtime = FrontRuntime(settings=settings, info=message[1], index=index, requests=pipes.requests,
-                           replies=pipes.replies, counters=counters, arena=pipes.arena)
+                           replies=pipes.replies, counters=counters, arena=pipes.arena,
+                           request_metrics=request_metrics)
     api = PodApi(runtime)
     server = DrainingServer(uvicorn_config(api, settings), api=api, drain_timeout_s=settings.drain_timeout_s)
 
@@ -518,6 +503,7 @@ def serve_workers(settings: PodSettings, *, exit_load_failed: int) -> int:
     count = settings.http_workers
     context = mp.get_context("fork")
     counters = context.RawArray(ctypes.c_int64, count * _FIELDS)
+    request_metrics = SharedRequestMetrics(count)
     pairs = [(Channel.pipe(), Channel.pipe()) for _ in range(count)]
     arenas = [Arena(settings.handoff_mb << 20) if settings.handoff_mb else None for _ in range(count)]
     links = [FrontLink(requests=req_read, replies=rep_write, arena=arena)
@@ -531,7 +517,8 @@ def serve_workers(settings: PodSettings, *, exit_load_failed: int) -> int:
         others = [arena for arena in arenas if arena is not None and arena is not pipes.arena]
         fronts.append(context.Process(
             target=_run_front, name=f"pod-front-{index}",
-            args=(settings, index, pipes, [fd for fd in every_fd if fd not in own], others, counters)))
+            args=(settings, index, pipes, [fd for fd in every_fd if fd not in own], others, counters,
+                  request_metrics)))
     for front in fronts:
         front.start()
     for pipes in front_pipes:
@@ -552,7 +539,7 @@ def serve_workers(settings: PodSettings, *, exit_load_failed: int) -> int:
         return exit_load_failed
     gc.collect()
     gc.freeze()
-    hub = ModelHub(runtime, links=links, counters=counters)
+    hub = ModelHub(runtime, links=links, counters=counters, request_metrics=request_metrics)
     info = ModelInfo(name=runtime.name, version=runtime.version, input_specs=runtime.input_specs,
                      metadata=runtime.metadata())
     runtime.ready = True

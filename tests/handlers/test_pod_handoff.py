@@ -250,3 +250,41 @@ def test_batch_workers_refuse_compile(start_pod, artifacts: Artifacts):
     pod = start_pod(artifacts.digits_ts, "--batch-workers", "2", "--compile", "default")
     assert pod.wait_exit(timeout_s=60) == 2
     assert "cannot be combined with --compile" in pod.log
+
+
+# ------------------------------------------------------------------------------------------ request metrics
+def test_shared_request_metrics_export_what_prometheus_counters_would():
+    """Two fronts' records, summed at scrape, give the exact exposition of one process's own counters."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from handlers.metrics import LATENCY_BUCKETS
+    from handlers.request_metrics import SharedRequestMetrics
+
+    native = CollectorRegistry()
+    requests = Counter("pod_requests", "Requests answered, by endpoint and HTTP status code.", ["endpoint", "code"],
+                       registry=native)
+    latency = Histogram("pod_request_latency_seconds", "Time from request arrival to response, by endpoint.",
+                        ["endpoint"], buckets=LATENCY_BUCKETS, registry=native)
+    shared = SharedRequestMetrics(2)
+    exported = CollectorRegistry()
+    exported.register(shared)
+    observations = [(0, "infer", 200, 0.0005), (1, "infer", 200, 0.003), (1, "infer", 504, 30.0),
+                    (0, "metrics", 200, 0.0001), (1, "predictions", 400, 0.01)]
+    for front, endpoint, code, seconds in observations:
+        shared.record(front, endpoint, code, seconds)
+        requests.labels(endpoint, str(code)).inc()
+        latency.labels(endpoint).observe(seconds)
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        return sorted(line for line in generate_latest(registry).decode().splitlines()
+                      if line and not line.startswith("#") and "_created" not in line)
+
+    assert samples(exported) == samples(native)
+
+
+def test_every_route_is_a_known_metrics_endpoint():
+    """Each route's ``endpoint`` label has its row in the shared request metrics."""
+    from handlers.app import ROUTES
+    from handlers.metrics import ENDPOINTS
+
+    assert {name for _, name, _, _ in ROUTES} == set(ENDPOINTS)
