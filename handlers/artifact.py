@@ -20,8 +20,6 @@ from handlers.archive import ArchiveLimits, MarInfo, extract_zip, handler_file, 
 from schemas.errors import ArtifactRejected, Reason
 from schemas.manifest import MANIFEST_FILENAME, MAX_MANIFEST_BYTES, Manifest, ModelFormat, check_relative_path
 
-_CHUNK = 1 << 20
-
 
 @dataclass(frozen=True, kw_only=True)
 class VerifiedArtifact:
@@ -106,11 +104,9 @@ def _verify_file(root: Path, relative: str, *, size: int, sha256: str) -> None:
         if info.st_size != size:
             raise ArtifactRejected(f"{relative} has {info.st_size} bytes, the manifest says {size}",
                                    reason=Reason.SIZE_MISMATCH, file=relative)
-        digest = hashlib.sha256()
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    if digest.hexdigest() != sha256:
-        raise ArtifactRejected(f"{relative} has sha256 {digest.hexdigest()}, the manifest says {sha256}",
+        actual = hashlib.file_digest(fh, "sha256").hexdigest()
+    if actual != sha256:
+        raise ArtifactRejected(f"{relative} has sha256 {actual}, the manifest says {sha256}",
                                reason=Reason.CHECKSUM_MISMATCH, file=relative)
 
 

@@ -17,15 +17,10 @@ from release.registry import VersionView
 from schemas.errors import ArtifactRejected, Reason
 from schemas.manifest import MANIFEST_FILENAME, Manifest, ModelFormat
 
-_CHUNK = 1 << 20
-
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def bucket_prefix(version: VersionView, store: ArtifactStore) -> str:
