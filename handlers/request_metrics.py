@@ -57,12 +57,12 @@ class SharedRequestMetrics(Collector):
         latency = HistogramMetricFamily("pod_request_latency_seconds",
                                         "Time from request arrival to response, by endpoint.", labels=["endpoint"])
         codes, counts, sums = self._codes.sum(axis=0), self._counts.sum(axis=0), self._sums.sum(axis=0)
+        edges = [*(floatToGoString(b) for b in self.buckets), "+Inf"]  # type: ignore[no-untyped-call]
         for row, endpoint in enumerate(self.endpoints):
             for code in np.flatnonzero(codes[row]):
                 requests.add_metric([endpoint, str(code)], float(codes[row, code]))
             if counts[row].any():
                 cumulative = np.cumsum(counts[row])
-                edges = [*(floatToGoString(b) for b in self.buckets), "+Inf"]  # type: ignore[no-untyped-call]
                 latency.add_metric([endpoint], list(zip(edges, (float(c) for c in cumulative), strict=True)),
                                    float(sums[row]))
         yield requests

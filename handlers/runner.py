@@ -84,10 +84,10 @@ class ModelRunner:
             # Binary OIP tensors arrive as read-only views of the body; torch wants memory it may write.
             return torch.from_numpy(part if part.flags.writeable else part.copy())
         dtype = np.result_type(*parts)
-        shape = (sum(int(part.shape[0]) for part in parts), *parts[0].shape[1:])
         if not self._overlap:
             return torch.from_numpy(np.concatenate(parts, dtype=dtype))
         # Stacked straight into pinned memory: the copy to the GPU then needs no second host copy.
+        shape = (sum(int(part.shape[0]) for part in parts), *parts[0].shape[1:])
         out = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype, pin_memory=True)
         np.concatenate(parts, out=out.numpy())
         return out
