@@ -25,7 +25,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,8 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))  # the raw baseline loads the model with the pod's own loader
+
+from compare_cpu import free_port, wait_until  # noqa: E402 - this folder is on sys.path when run as a script
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -178,13 +179,6 @@ def raw_forward(case: Case, folder: Path, *, device: torch.device, seconds: floa
 
 
 # ------------------------------------------------------------------------------------------ served
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def model_dir(case: Case, folder: Path) -> Path:
     """The case's model as a TorchScript model directory for the pod server (made once per case)."""
     target = folder / case.name
@@ -273,17 +267,13 @@ def start_pod(artifact: Path, *, log_path: Path, repo: Path,
                                    env={**os.environ, "PYTHONPATH": os.pathsep.join(
                                        p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)})
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"the pod did not start ({args}):\n{log_path.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
+    try:
+        wait_until(lambda: httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200, timeout_s=180,
+                   process=process, what=f"the pod ({' '.join(args)})")
+    except RuntimeError as e:
+        process.kill()
+        raise RuntimeError(f"{e}:\n{log_path.read_text()[-3000:]}") from None
+    return process, base
 
 
 def served(case: Case, folder: Path, *, device: str, seconds: float, concurrency: int, items: int,
