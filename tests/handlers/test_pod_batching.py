@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import httpx
 import pytest
-from pod_testkit import Artifacts, Digits, Pod, infer_body, metric_samples
+from pod_testkit import Artifacts, Digits, Pod, eventually, infer_body, metric_samples
 
 URL = "/v2/models/slow/infer"
 
@@ -80,14 +79,6 @@ def test_full_queue_is_503(start_pod, artifacts: Artifacts, digits: Digits):
     assert all(r.json()["reason"] == "queue_full" and r.headers["retry-after"] == "1" for r in refused)
 
 
-def wait_for(predicate, *, timeout_s: float = 10.0) -> None:
-    """Poll ``predicate`` (bounded) until it is true."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_sigterm_drains_in_flight_requests(start_pod, artifacts: Artifacts, digits: Digits):
     """On SIGTERM readiness turns 503, new requests get 503 not_ready, the in-flight one completes, exit 0."""
     pod = start_pod(artifacts.slow).wait_ready()
@@ -101,9 +92,11 @@ def test_sigterm_drains_in_flight_requests(start_pod, artifacts: Artifacts, digi
                 return metric_samples(httpx.get(f"{pod.url}/metrics").text, "pod_in_flight_requests")[
                     "pod_in_flight_requests"]
 
-            await asyncio.to_thread(wait_for, lambda: gauge() >= 1)
+            assert await asyncio.to_thread(eventually, gauge, lambda value: value >= 1, timeout_s=10) >= 1
             pod.process.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(wait_for, lambda: httpx.get(f"{pod.url}/v2/health/ready").status_code == 503)
+            ready = await asyncio.to_thread(eventually, lambda: httpx.get(f"{pod.url}/v2/health/ready").status_code,
+                                            lambda code: code == 503, timeout_s=10)
+            assert ready == 503
             late = await client.post(URL, json=infer_body(digits.x[:1]))
             ping = await client.get("/ping")
             return await in_flight, late, ping

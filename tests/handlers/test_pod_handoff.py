@@ -19,11 +19,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pod_testkit import Artifacts, Digits, Pod, eventually, infer_body, metric_samples
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from handlers.app import ROUTES
 from handlers.arena import ALIGN, Arena
 from handlers.base import InferenceRequest, InferenceResult
 from handlers.batching import Batcher
-from handlers.metrics import create_metrics
+from handlers.metrics import ENDPOINTS, LATENCY_BUCKETS, create_metrics
+from handlers.request_metrics import SharedRequestMetrics
 from schemas.errors import Reason, ReleaseError, TemporaryError
 
 
@@ -255,11 +258,6 @@ def test_batch_workers_refuse_compile(start_pod, artifacts: Artifacts):
 # ------------------------------------------------------------------------------------------ request metrics
 def test_shared_request_metrics_export_what_prometheus_counters_would():
     """Two fronts' records, summed at scrape, give the exact exposition of one process's own counters."""
-    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-
-    from handlers.metrics import LATENCY_BUCKETS
-    from handlers.request_metrics import SharedRequestMetrics
-
     native = CollectorRegistry()
     requests = Counter("pod_requests", "Requests answered, by endpoint and HTTP status code.", ["endpoint", "code"],
                        registry=native)
@@ -284,7 +282,4 @@ def test_shared_request_metrics_export_what_prometheus_counters_would():
 
 def test_every_route_is_a_known_metrics_endpoint():
     """Each route's ``endpoint`` label has its row in the shared request metrics."""
-    from handlers.app import ROUTES
-    from handlers.metrics import ENDPOINTS
-
     assert {name for _, name, _, _ in ROUTES} == set(ENDPOINTS)
