@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,7 +26,6 @@ import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_digits
 
@@ -41,6 +39,7 @@ from release.settings import Settings
 from release.worker import Consumer, run_until_idle
 from schemas.states import VersionState
 from tests.artifacts import DigitsMLP, manifest_for, npz_bytes, torchscript_bytes, write_artifact
+from tests.servers.in_thread import serve_in_thread
 
 pytestmark = pytest.mark.slow
 
@@ -208,12 +207,6 @@ class RouterProcess:
         return total
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def serving_router(app: App) -> Iterator[RouterProcess]:
     """Serve the router with uvicorn in a thread (as ``release up`` does), logging predictions to the bus."""
@@ -221,20 +214,10 @@ def serving_router(app: App) -> Iterator[RouterProcess]:
     logger = PredictionLogger(engine=app.engine, bus=app.bus, dropped=metrics.dropped, interval_s=0.1)
     logger.start()
     router = Router(table=RouteTable(engine=app.engine), logger=logger, metrics=metrics)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(build_router_app(router), host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, name="router", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "router did not start"
-        time.sleep(0.02)
     try:
-        yield RouterProcess(url=f"http://127.0.0.1:{port}", logger=logger, metrics=metrics)
+        with serve_in_thread(build_router_app(router), name="router") as url:
+            yield RouterProcess(url=url, logger=logger, metrics=metrics)
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         logger.close()
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-import uvicorn
 from prometheus_client import CollectorRegistry
 
 from release import registry
@@ -32,6 +30,7 @@ from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, 
 from release.settings import Settings
 from schemas.states import VersionState
 from tests.artifacts import DigitsMLP, torchscript_bytes, write_artifact
+from tests.servers.in_thread import serve_in_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -91,20 +90,10 @@ def router_url(app: App) -> Iterator[str]:
     logger = PredictionLogger(engine=app.engine, bus=app.bus, dropped=metrics.dropped)
     logger.start()
     router = Router(table=RouteTable(engine=app.engine), logger=logger, metrics=metrics)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(build_router_app(router), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "router did not start"
-        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with serve_in_thread(build_router_app(router), name="router") as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         logger.close()
 
 

@@ -6,9 +6,9 @@ real pod process (``python -m handlers.server`` with a TorchScript digits MLP) s
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
@@ -35,6 +34,7 @@ from schemas.events import CloudEvent, Topic
 from schemas.predictions import PredictionRecord
 from tests.artifacts import DigitsMLP, torchscript_bytes, write_artifact
 from tests.handlers.pod_testkit import Pod, free_port
+from tests.servers.in_thread import serve_in_thread
 
 MODEL = "digits"
 ROW = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}]}
@@ -69,33 +69,16 @@ class Upstream:
                                  Route("/predictions/{model}", infer, methods=["POST"])])
 
 
-def _serve(app: Starlette) -> tuple[uvicorn.Server, threading.Thread, str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "upstream did not start"
-        time.sleep(0.01)
-    return server, thread, f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture(scope="module")
 def upstreams() -> Iterator[dict[str, Upstream]]:
     """Upstreams for the module: ``a`` and ``b`` answer 200, ``broken`` 500, ``draining`` 503 not_ready."""
     ups = {name: Upstream(name, status)
            for name, status in (("a", 200), ("b", 200), ("broken", 500), ("draining", 503))}
-    servers = []
-    for upstream in ups.values():
-        server, thread, upstream.url = _serve(upstream.app())
-        servers.append((server, thread))
-    yield ups
-    for server, thread in servers:
-        server.should_exit = True
-        thread.join(timeout=5)
+    with contextlib.ExitStack() as servers:
+        for upstream in ups.values():
+            upstream.url = servers.enter_context(
+                serve_in_thread(upstream.app(), name=f"upstream {upstream.name}", lifespan="off", timeout_s=10))
+        yield ups
 
 
 @pytest.fixture(scope="module")
