@@ -3,7 +3,8 @@
 - ``on_storage_event``: Eventarc's Cloud Storage ``object.finalized`` CloudEvent -> intake.
 - ``on_bucket_notification``: a Pub/Sub push of a bucket notification (JSON_API_V1) -> intake.
 Each decodes into a ``schemas`` model, calls one service function and returns; what an exception means for
-redelivery comes from ``release.outcomes`` (Eventarc and Pub/Sub push retry on 5xx and 429, drop on other 4xx).
+redelivery comes from the one error table, ``schemas.error_table`` (Eventarc and Pub/Sub push retry on 5xx
+and 429, drop on other 4xx).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from pydantic import ValidationError
 
 from release.adapters.gcs_notifications import notification_to_storage_event
 from release.bootstrap import bootstrap
-from release.outcomes import disposition
 from release.settings import Settings
+from schemas.error_table import http_status, retry_after
 from schemas.errors import BadRequest, Reason, ReleaseError
 from schemas.storage import FINALIZED, StorageObjectData
 
@@ -36,13 +37,15 @@ def _intake(data: StorageObjectData) -> dict[str, Any]:
     return {"status": result.status, "artifact": result.artifact, "reason": result.reason}
 
 
-def _answer(call: Any) -> tuple[dict[str, Any], int]:
+def _answer(call: Any) -> tuple[dict[str, Any], int, dict[str, str]]:
     try:
-        return call(), 200
+        return call(), 200, {}
     except ReleaseError as error:
-        outcome = disposition(error)
-        log.warning("function.failed", error=str(error), status=outcome.http_status)
-        return {"error": error.to_dict()}, outcome.http_status
+        status, wait = http_status(error), retry_after(error)
+        log.warning("function.failed", error=str(error), status=status)
+        return {"error": error.to_dict()}, status, {"Retry-After": wait} if wait else {}
+    finally:
+        structlog.contextvars.clear_contextvars()
 
 
 @functions_framework.cloud_event
@@ -63,13 +66,13 @@ def on_storage_event(event: CloudEvent) -> None:
         structlog.contextvars.bind_contextvars(event_id=event["id"], object=data.name)
         return _intake(data)
 
-    body, status = _answer(call)
+    body, status, headers = _answer(call)
     if status != 200:
-        abort(make_response(jsonify(body), status))
+        abort(make_response(jsonify(body), status, headers))
 
 
 @functions_framework.http
-def on_bucket_notification(request: Request) -> tuple[dict[str, Any], int]:
+def on_bucket_notification(request: Request) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Pub/Sub push of a Cloud Storage notification -> intake."""
     def call() -> dict[str, Any]:
         envelope = request.get_json(silent=True)

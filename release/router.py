@@ -41,6 +41,7 @@ from starlette.routing import Route
 from release import registry
 from release.db import session_scope
 from release.ports import EventBus
+from schemas.error_table import http_status, retry_after
 from schemas.errors import NotFound, Reason, ReleaseError
 from schemas.events import EventType, Topic, make_event
 from schemas.predictions import PredictionBatch, PredictionRecord
@@ -203,10 +204,6 @@ class RouterMetrics:
                                registry=registry_)
 
 
-_STATUS = {Reason.MODEL_NOT_FOUND: 404, Reason.VERSION_NOT_FOUND: 404, Reason.ALIAS_NOT_FOUND: 404,
-           Reason.NOT_READY: 503, Reason.UNAVAILABLE: 503, Reason.BAD_REQUEST: 400}
-
-
 class Router:
     """The proxy: a Starlette app over a route table and an aiohttp client pool."""
 
@@ -274,7 +271,9 @@ class Router:
         try:
             target = await asyncio.to_thread(self.table.lookup, model, ref)
         except ReleaseError as error:
-            status = _STATUS.get(error.reason, 404 if isinstance(error, NotFound) else 500)
+            status = http_status(error)
+            if (wait := retry_after(error)) is not None:
+                headers["Retry-After"] = wait
             self._metrics.requests.labels(model, "-", str(status)).inc()
             return JSONResponse({"error": error.message, "reason": str(error.reason), "hint": error.hint},
                                 status_code=status, headers=headers)

@@ -39,9 +39,9 @@ from monitoring.feedback import post_feedback
 from monitoring.monitor import MONITOR_SUBSCRIPTION, PROFILE_SUBSCRIPTION, DriftMonitor, subscriptions
 from release.adapters.local_bucket import LocalBucketWatcher, LocalFolderStore
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, default_policy
-from release.outcomes import disposition
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
 from release.worker import Consumer
+from schemas.error_table import http_status, retry_after
 from schemas.errors import BadRequest, ReleaseError, Unauthorized
 from schemas.events import EventType
 
@@ -74,7 +74,7 @@ def _consume(stop: threading.Event, consumer: Consumer, name: str, *, retry_s: f
 def management_routes(app: App) -> list[Route]:
     """Token-protected writes beside the router: promote, rollback, ground-truth feedback. Every write is audited
     (promote and rollback in the registry's audit log, feedback with its actor); errors map to HTTP status through
-    the one outcomes table."""
+    the one error table."""
 
     def write(action: Callable[[Request, str, dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
         async def endpoint(request: Request) -> Response:
@@ -90,7 +90,9 @@ def management_routes(app: App) -> list[Route]:
             except ValueError as error:  # malformed JSON
                 return JSONResponse({"reason": "bad_request", "message": f"invalid JSON: {error}"}, status_code=400)
             except ReleaseError as error:
-                return JSONResponse(error.to_dict(), status_code=disposition(error).http_status)
+                wait = retry_after(error)
+                return JSONResponse(error.to_dict(), status_code=http_status(error),
+                                    headers={"Retry-After": wait} if wait else None)
             return JSONResponse(result)
 
         return endpoint

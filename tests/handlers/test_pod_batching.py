@@ -69,12 +69,12 @@ def test_request_timeout_is_504(slow_pod: Pod, digits: Digits):
     assert response.json()["reason"] == "request_timeout"
 
 
-def test_full_queue_is_503(start_pod, artifacts: Artifacts, digits: Digits):
-    """With one-request batches and a queue of 2, a burst of 10 gets 503 queue_full with Retry-After."""
+def test_full_queue_is_429_with_retry_after(start_pod, artifacts: Artifacts, digits: Digits):
+    """With one-request batches and a queue of 2, a burst of 10 gets 429 queue_full with Retry-After."""
     pod = start_pod(artifacts.slow, "--max-batch-size", "1", "--queue-size", "2").wait_ready()
     bodies = [infer_body(digits.x[:1], parameters={"sleep_s": 0.3}) for _ in range(10)]
     responses = asyncio.run(send_all(pod.url + URL, bodies))
-    refused = [r for r in responses if r.status_code == 503]
+    refused = [r for r in responses if r.status_code == 429]
     assert refused and sum(r.status_code == 200 for r in responses) >= 2
     assert all(r.json()["reason"] == "queue_full" and r.headers["retry-after"] == "1" for r in refused)
 

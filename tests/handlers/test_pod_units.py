@@ -64,7 +64,7 @@ def test_wordpiece_tokenizer(tmp_path):
 @pytest.mark.parametrize(("error", "status"), [
     (BadRequest("x"), 400),
     (NotFound("x", reason=Reason.MODEL_NOT_FOUND), 404),
-    (TemporaryError("x", reason=Reason.QUEUE_FULL), 503),
+    (TemporaryError("x", reason=Reason.QUEUE_FULL), 429),
     (TemporaryError("x", reason=Reason.REQUEST_TIMEOUT), 504),
     (PermanentError("x", reason=Reason.HANDLER_ERROR), 500),
     (TemporaryError("x", reason=Reason.OBJECT_CHANGED), 503),
