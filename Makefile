@@ -19,14 +19,14 @@ $(STAMP): pyproject.toml
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/mypy functions release monitoring handlers schemas
+	$(BIN)/mypy app functions release monitoring handlers schemas
 	$(BIN)/lint-imports
 
 test: install
 	$(BIN)/python -m pytest -q
 
 demo: install
-	$(BIN)/python -m release.demo
+	$(BIN)/python -m app.demo
 
 clean:
 	rm -rf $(VENV) .release demo-bucket .mypy_cache .ruff_cache .pytest_cache

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import Engine
 
@@ -21,6 +20,7 @@ from release.logconfig import configure_logging
 from release.ports import ArtifactStore, EventBus, GateRunner, Promoter, ServingBackend, SubscriptionSpec
 from release.registry import VersionView
 from release.settings import Settings
+from release.worker import Consumer, run_until_idle
 from schemas.events import Topic
 from schemas.policy import ReleasePolicy
 
@@ -90,7 +90,6 @@ class App:
     intake: Intake
     _serving: ServingBackend | None = None
     _controller: Controller | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def serving(self) -> ServingBackend:
@@ -124,13 +123,17 @@ class App:
                                                       ack_deadline_s=self.settings.ack_deadline_s,
                                                       max_attempts=self.settings.max_attempts))
 
+    def drain_controller(self) -> int:
+        """Handle model events until the controller's subscription is idle; returns how many were handled."""
+        self.ensure_subscriptions()
+        consumer = Consumer(bus=self.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=self.controller.handle)
+        return run_until_idle([consumer], bus=self.bus)
+
     def close(self) -> None:
         """Stop local pods and release connections."""
         if self._serving is not None:
             self._serving.close()
-        close = getattr(self.bus, "close", None)
-        if callable(close):
-            close()
+        self.bus.close()
         self.engine.dispose()
 
 

@@ -6,8 +6,9 @@ contract tests. The core never imports an adapter, only these protocols.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
@@ -77,6 +78,18 @@ class Message:
 
 
 @dataclass(frozen=True)
+class DeadLetter:
+    """An event that failed every attempt on one subscription, with the last error its consumer raised."""
+
+    subscription: str
+    event_id: str
+    event_type: str
+    attempts: int
+    error: str
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class SubscriptionSpec:
     """A consumer group: at-least-once, redelivered after the deadline, dead-lettered after max_attempts."""
 
@@ -97,6 +110,10 @@ class EventBus(Protocol):
         """Create the subscription (and its dead-letter topic) when missing; idempotent."""
         ...
 
+    def setup(self, topics: Iterable[Topic], subscriptions: Iterable[SubscriptionSpec]) -> None:
+        """Create every topic (where topics exist apart from subscriptions) and subscription; idempotent."""
+        ...
+
     def pull(self, subscription: str, *, max_messages: int = 10, wait_s: float = 0.0) -> list[Message]:
         """Lease up to ``max_messages`` deliveries; wait up to ``wait_s`` for the first one."""
         ...
@@ -115,6 +132,18 @@ class EventBus(Protocol):
 
     def flush(self) -> int:
         """Hand journalled events to the transport (a no-op for the local bus). Returns how many were sent."""
+        ...
+
+    def dead_letters(self, subscription: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
+        """Events that failed every attempt (on ``subscription``, or on any), newest first; nothing is consumed."""
+        ...
+
+    def redrive(self, subscription: str) -> int:
+        """Deliver a subscription's dead letters again, with fresh attempts. Returns how many went back."""
+        ...
+
+    def close(self) -> None:
+        """Release what the bus holds (streams, clients); what this process leased comes back at once."""
         ...
 
 

@@ -1,21 +1,37 @@
 """In-memory fakes of our own ports, for unit tests of the core (never of things we integrate with).
 
-They keep the contracts of ``release.ports``; ``tests/release/test_port_contracts.py`` runs the same checks on
-them and on the real adapters.
+They keep the contracts of ``release.ports``: ``tests/contracts/`` runs one test body on each fake and on each real
+adapter of the same port.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from release.ports import Candidate, DeploymentSpec, DeploymentStatus, ObjectInfo
+from sqlalchemy import event as sa_event
+from sqlmodel import Session
+
+from release.ports import (
+    Candidate,
+    DeadLetter,
+    DeploymentSpec,
+    DeploymentStatus,
+    Message,
+    ObjectInfo,
+    SubscriptionSpec,
+)
 from schemas.errors import NotFound, PermanentError, Reason, TemporaryError
+from schemas.events import CloudEvent, Topic
 from schemas.policy import ReleasePolicy
 
 
@@ -77,6 +93,123 @@ class MemoryStore:
     def read_json(self, name: str) -> Any:
         """Convenience for tests: an object parsed as JSON."""
         return json.loads(self._objects[name][0])
+
+
+@dataclass
+class _Delivery:
+    event: CloudEvent
+    attempt: int = 0
+    available_at: float = 0.0
+    handle: str | None = None
+    error: str = ""
+    dead_at: datetime | None = None
+
+
+class MemoryBus:
+    """``EventBus`` in dicts. Publishing rides on the caller's SQLAlchemy transaction: an event is fanned out to
+    the topic's subscriptions when that session commits, and forgotten when it rolls back. ``clock`` is
+    injectable so tests can expire leases and delays without sleeping."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._specs: dict[str, SubscriptionSpec] = {}
+        self._queues: dict[str, list[_Delivery]] = {}
+        self._dead: dict[str, list[_Delivery]] = {}
+        self._handles = itertools.count(1)
+
+    def publish(self, event: CloudEvent, *, topic: Topic, session: Session) -> None:
+        """Deliver ``event`` to every subscription of ``topic`` once ``session`` commits."""
+        sa_event.listen(session, "after_commit", lambda _s: self._fan_out(event, topic), once=True)
+
+    def _fan_out(self, event: CloudEvent, topic: Topic) -> None:
+        with self._lock:
+            for name, spec in self._specs.items():
+                if spec.topic == topic:
+                    self._queues[name].append(_Delivery(event=event))
+
+    def ensure_subscription(self, spec: SubscriptionSpec) -> None:
+        """Create the subscription when missing."""
+        with self._lock:
+            self._specs.setdefault(spec.name, spec)
+            self._queues.setdefault(spec.name, [])
+            self._dead.setdefault(spec.name, [])
+
+    def setup(self, topics: Iterable[Topic], subscriptions: Iterable[SubscriptionSpec]) -> None:
+        """Topics are implicit: create the subscriptions."""
+        for spec in subscriptions:
+            self.ensure_subscription(spec)
+
+    def pull(self, subscription: str, *, max_messages: int = 10, wait_s: float = 0.0) -> list[Message]:
+        """Lease deliveries that are due: new ones, delayed ones whose delay passed, and expired leases."""
+        now = self._clock()
+        spec = self._specs[subscription]
+        leased: list[Message] = []
+        with self._lock:
+            for delivery in self._queues[subscription]:
+                if len(leased) == max_messages:
+                    break
+                if delivery.available_at <= now:
+                    delivery.attempt += 1
+                    delivery.handle = str(next(self._handles))
+                    delivery.available_at = now + spec.ack_deadline_s
+                    leased.append(Message(event=delivery.event, subscription=subscription,
+                                          attempt=delivery.attempt, handle=delivery.handle))
+        return leased
+
+    def _take(self, message: Message) -> _Delivery | None:
+        queue = self._queues[message.subscription]
+        for delivery in queue:
+            if delivery.handle == message.handle:
+                queue.remove(delivery)
+                return delivery
+        return None
+
+    def ack(self, message: Message) -> None:
+        """Settle the delivery; a stale handle is ignored."""
+        with self._lock:
+            self._take(message)
+
+    def nack(self, message: Message, *, error: str, delay_s: float = 0.0) -> None:
+        """Redeliver after ``delay_s``, or dead-letter with ``error`` on the last attempt."""
+        with self._lock:
+            delivery = self._take(message)
+            if delivery is None:
+                return
+            delivery.error, delivery.handle = error, None
+            if delivery.attempt >= self._specs[message.subscription].max_attempts:
+                delivery.dead_at = datetime.now(UTC)
+                self._dead[message.subscription].append(delivery)
+            else:
+                delivery.available_at = self._clock() + delay_s
+                self._queues[message.subscription].append(delivery)
+
+    def backlog(self, subscription: str) -> int:
+        """Deliveries not settled yet, leased or not."""
+        with self._lock:
+            return len(self._queues.get(subscription, []))
+
+    def flush(self) -> int:
+        """Nothing to relay: events are delivered at commit."""
+        return 0
+
+    def dead_letters(self, subscription: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
+        """Dead-lettered deliveries, newest first."""
+        with self._lock:
+            letters = [DeadLetter(subscription=name, event_id=d.event.id, event_type=d.event.type,
+                                  attempts=d.attempt, error=d.error, at=d.dead_at)
+                       for name, dead in self._dead.items() if subscription in (None, name) for d in dead]
+        return sorted(letters, key=lambda d: d.at or datetime.min.replace(tzinfo=UTC), reverse=True)[:limit]
+
+    def redrive(self, subscription: str) -> int:
+        """Put the dead letters back in the queue with fresh attempts."""
+        with self._lock:
+            dead, self._dead[subscription] = self._dead[subscription], []
+            self._queues[subscription] += [_Delivery(event=d.event) for d in dead]
+            return len(dead)
+
+    def close(self) -> None:
+        """Nothing is held between calls."""
 
 
 @dataclass

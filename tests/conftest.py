@@ -1,4 +1,9 @@
-"""Fixtures shared by every suite: metadata stores on SQLite and on a real PostgreSQL server."""
+"""Fixtures shared by every suite: metadata stores on SQLite and on a real PostgreSQL server, and the local
+servers that speak Google's wire protocols.
+
+Pub/Sub: our gRPC server in a thread of the test process, or the official emulator when ``PUBSUB_EMULATOR_HOST``
+is set. Cloud Storage: fake-gcs-server, one process per test, objects in the test's tmp folder.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from release.db import make_engine, migrate
+from tests.servers.gcs_server import GcsServer
+from tests.servers.pubsub_server import PubSubServer
 
 PG_URL = os.environ.get("RELEASE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -38,7 +45,8 @@ def postgres_url() -> str:
     return PG_URL
 
 
-def _pg_schema_engine(base_url: str) -> Generator[tuple[Engine, str], None, None]:
+def pg_schema_engine(base_url: str) -> Generator[tuple[Engine, str], None, None]:
+    """An engine on a fresh private schema of the PostgreSQL at ``base_url``, dropped when the generator closes."""
     schema = "t_" + uuid.uuid4().hex[:12]
     admin = make_engine(base_url)
     with admin.begin() as conn:
@@ -66,7 +74,7 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Engine,
         engine.dispose()
     else:
         base = request.getfixturevalue("postgres_url")
-        gen = _pg_schema_engine(base)
+        gen = pg_schema_engine(base)
         engine, url = next(gen)
         migrate(engine)
         yield engine, url
@@ -86,3 +94,24 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     migrate(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def pubsub_host() -> Iterator[str]:
+    """``host:port`` of a Pub/Sub API: the official emulator when configured, else our server."""
+    configured = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if configured:
+        yield configured
+        return
+    server = PubSubServer()
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def gcs_server(tmp_path: Path) -> Iterator[GcsServer]:
+    """fake-gcs-server storing objects under the test's tmp folder."""
+    server = GcsServer(root=tmp_path / "gcs")
+    server.start()
+    yield server
+    server.stop()

@@ -3,7 +3,7 @@
 (a) One real pod of the demo's digits model; a closed loop of single-row OIP requests at concurrency 1, 8 and 32,
     first straight to the pod, then through the router (its own process, uvicorn, prediction logging on, as
     ``release up`` runs it), in the same run: throughput ratio and the added p50/p99.
-(b) The demo flow (``release/demo.py``): digits v1 (baseline) and v2 (better) dropped into the bucket folder,
+(b) The demo flow (``app/demo.py``): digits v1 (baseline) and v2 (better) dropped into the bucket folder,
     then intake and the controller run until idle. Step times come from the audit log and the event journal.
 
     /work/venv/bin/python bench/router/bench_router.py [--seconds 4] [--out bench/router/results.json]
@@ -33,7 +33,6 @@ sys.path.insert(0, str(REPO))
 
 from release import journal, registry  # noqa: E402  (the repository root goes on the path first)
 from release.bootstrap import App, bootstrap  # noqa: E402
-from release.cli import _drain  # noqa: E402
 from release.db import session_scope  # noqa: E402
 from release.settings import Settings  # noqa: E402
 
@@ -73,7 +72,7 @@ def drop_to_prod(home: Path) -> tuple[App, list[dict[str, Any]]]:
     """Train and release demo digits v1 and v2; return the app (pods still up) and the per-step timings."""
     from sklearn.datasets import load_digits
 
-    from release.demo import _drop, _train
+    from app.demo import drop_version, train_classifier
 
     app = bootstrap(_settings(home))
     bucket = Path(app.settings.bucket_location)
@@ -84,12 +83,12 @@ def drop_to_prod(home: Path) -> tuple[App, list[dict[str, Any]]]:
     train, held = order[:1200], order[1200:]
     rows = []
     for version, params in (("1", dict(hidden=16, epochs=60, seed=1)), ("2", dict(hidden=64, epochs=150, seed=2))):
-        model = _train(x[train], y[train], **params)
-        _drop(bucket, version, model, x[held], y[held], x[train][:500], 0.0)
+        model = train_classifier(x[train], y[train], **params)
+        drop_version(bucket, version, model, x[held], y[held], x[train][:500], 0.0)
         dropped = datetime.now(UTC)
         app.ensure_subscriptions()
         app.intake.reconcile(final=True)
-        _drain(app)
+        app.drain_controller()
         marks = _marks(app, version, dropped)
         with session_scope(app.engine) as s:
             state = str(registry.get_version(s, MODEL, version).state)

@@ -14,14 +14,14 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from release import journal
-from release.ports import Message, SubscriptionSpec
+from release.ports import DeadLetter, Message, SubscriptionSpec
 from schemas.events import CloudEvent, Topic
 from schemas.tables import Delivery, EventRecord, Subscription, utcnow
 
@@ -188,15 +188,23 @@ class LocalEventBus:
                                  .where(Delivery.status == "pending")).one()
             return int(count)
 
-    def dead_letters(self, subscription: str | None = None, *, limit: int = 100) -> list[tuple[Delivery, str]]:
-        """Dead-lettered deliveries with their event type, newest first."""
+    def setup(self, topics: Iterable[Topic], subscriptions: Iterable[SubscriptionSpec]) -> None:
+        """Topics are implicit in the queue tables: only the subscriptions are created."""
+        for spec in subscriptions:
+            self.ensure_subscription(spec)
+
+    def dead_letters(self, subscription: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
+        """Dead-lettered deliveries with their event, newest first."""
         with self._sessions() as session:
-            query = (select(Delivery, EventRecord.type)
+            query = (select(Delivery, EventRecord.event_id, EventRecord.type)
                      .join(EventRecord, col(EventRecord.seq) == col(Delivery.event_seq))
                      .where(Delivery.status == "dead"))
             if subscription is not None:
                 query = query.where(Delivery.subscription == subscription)
-            return [(d, t) for d, t in session.exec(query.order_by(col(Delivery.id).desc()).limit(limit)).all()]
+            rows = session.exec(query.order_by(col(Delivery.id).desc()).limit(limit)).all()
+            return [DeadLetter(subscription=d.subscription, event_id=event_id, event_type=event_type,
+                               attempts=d.attempts, error=d.last_error or "", at=d.done_at)
+                    for d, event_id, event_type in rows]
 
     def redrive(self, subscription: str) -> int:
         """Put a subscription's dead letters back in its queue with fresh attempts."""

@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 import grpc
@@ -61,7 +61,7 @@ from sqlmodel import Session, col, select
 
 from release import journal
 from release.adapters.vendor_errors import ErrorTable, raise_translated, translated
-from release.ports import Message, SubscriptionSpec
+from release.ports import DeadLetter, Message, SubscriptionSpec
 from schemas.errors import PermanentError, Reason, TemporaryError
 from schemas.events import CloudEvent, Topic
 from schemas.tables import EventRecord
@@ -81,6 +81,10 @@ AWAIT_GRACE_S = 15.0
 # Long-running consumers that nobody asks for a backlog still forget old entries past this size.
 _AWAITED_PRUNE_AT = 10_000
 _CE_ATTRIBUTES = ("id", "type", "source", "specversion", "subject", "time")
+# What dead-lettering adds to a message's attributes; a redriven copy goes back without them.
+_DEAD_LETTER_ATTRIBUTES = frozenset({"error", "dead-letter-subscription", "delivery-attempts"})
+# A redrive moves at most this many pulls' worth (100 each) of dead letters in one call.
+_REDRIVE_MAX_ROUNDS = 100
 
 # Vendor error -> (our class, reason); the first match wins.
 _ERRORS: ErrorTable = (
@@ -122,6 +126,20 @@ def decode(data: bytes) -> CloudEvent:
     except ValidationError as e:
         raise PermanentError(f"message body is not a structured CloudEvent: {e.errors()[0]['msg']}",
                              reason=Reason.EVENT_INVALID) from e
+
+
+def _source_subscription(attributes: Mapping[str, str]) -> str:
+    """The subscription a dead letter failed on: ours names it; Pub/Sub's own dead-lettering gives a full path."""
+    name = attributes.get("dead-letter-subscription") or attributes.get("CloudPubSubDeadLetterSourceSubscription", "")
+    return name.rsplit("/", 1)[-1]
+
+
+def _as_dead_letter(raw: pubsub_v1.types.ReceivedMessage) -> DeadLetter:
+    attributes = raw.message.attributes
+    attempts = attributes.get("delivery-attempts") or attributes.get("CloudPubSubDeadLetterSourceDeliveryCount", "0")
+    return DeadLetter(subscription=_source_subscription(attributes), event_id=attributes.get("ce-id", ""),
+                      event_type=attributes.get("ce-type", ""), attempts=int(attempts),
+                      error=attributes.get("error", ""), at=raw.message.publish_time)
 
 
 def _clamp(value: float, bounds: tuple[int, int]) -> int:
@@ -403,6 +421,75 @@ class PubSubEventBus:
                      .where(EventRecord.topic == str(spec.topic), col(EventRecord.published_at).is_(None)))
             unrelayed = session.exec(query).one()
         return local + int(unrelayed)
+
+    def dead_letters(self, subscription: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
+        """Peek at the ``<topic>-dead-letter`` subscriptions: each message read is released again at once."""
+        found: list[DeadLetter] = []
+        for raw in self._dead_letter_messages(subscription, limit=limit):
+            letter = _as_dead_letter(raw)
+            if subscription is None or letter.subscription == subscription:
+                found.append(letter)
+        return sorted(found, key=lambda d: d.at or datetime.min.replace(tzinfo=UTC), reverse=True)[:limit]
+
+    def redrive(self, subscription: str) -> int:
+        """Publish a subscription's dead letters to its topic again, then drop them from the dead-letter topic.
+
+        Every subscription of the topic receives the copy; those that already applied the event skip it by its
+        id, as they skip any redelivery.
+        """
+        spec = self._specs.get(subscription)
+        if spec is None:
+            raise PermanentError(f"subscription {subscription!r} was never ensured on this bus",
+                                 reason=Reason.INTERNAL, hint="Run `release setup` first.")
+        dead_letter = self.subscription_path(f"{spec.topic}{DEAD_LETTER_SUFFIX}")
+        count = 0
+        for _ in range(_REDRIVE_MAX_ROUNDS):
+            received = self._pull_now(dead_letter, limit=100)
+            if not received:
+                break
+            mine = [m for m in received if _source_subscription(m.message.attributes) == spec.name]
+            others = [m.ack_id for m in received if m not in mine]
+            for item in mine:
+                attributes = {k: v for k, v in item.message.attributes.items() if k not in _DEAD_LETTER_ATTRIBUTES}
+                with _translated(f"redrive to {spec.topic}"):
+                    message_id = self._publisher.publish(self.topic_path(spec.topic), item.message.data,
+                                                         **attributes).result(timeout=self._publish_timeout_s)
+                self._await_everywhere(str(spec.topic), message_id)
+            with _translated("settle dead letters"):
+                if mine:
+                    self._subscriber.acknowledge(subscription=dead_letter, ack_ids=[m.ack_id for m in mine])
+                if others:
+                    self._subscriber.modify_ack_deadline(subscription=dead_letter, ack_ids=others,
+                                                         ack_deadline_seconds=0)
+            count += len(mine)
+            if not mine:
+                break
+        return count
+
+    def _dead_letter_messages(self, subscription: str | None, *,
+                              limit: int) -> list[pubsub_v1.types.ReceivedMessage]:
+        topics = ({self._specs[subscription].topic} if subscription in self._specs
+                  else {spec.topic for spec in self._specs.values()} | set(Topic))
+        messages: list[pubsub_v1.types.ReceivedMessage] = []
+        for topic in sorted(topics):
+            path = self.subscription_path(f"{topic}{DEAD_LETTER_SUFFIX}")
+            try:
+                received = self._pull_now(path, limit=limit)
+            except PermanentError:
+                continue  # no dead-letter subscription for this topic: nothing was ever dead-lettered there
+            if received:
+                with _translated("release peeked dead letters"):
+                    self._subscriber.modify_ack_deadline(subscription=path, ack_ids=[m.ack_id for m in received],
+                                                         ack_deadline_seconds=0)
+            messages += received
+        return messages
+
+    def _pull_now(self, path: str, *, limit: int) -> list[pubsub_v1.types.ReceivedMessage]:
+        with _translated(f"pull {path}"):
+            response = self._subscriber.pull(
+                request={"subscription": path, "max_messages": limit, "return_immediately": True},
+                timeout=self._publish_timeout_s)
+        return list(response.received_messages)
 
     def close(self) -> None:
         """Stop the subscribers and the publisher; idempotent. What this process holds is nacked, so it comes

@@ -1,17 +1,13 @@
-"""Fixtures for the Google Cloud adapters: real clients against real local servers.
+"""Fixtures for the Google Cloud adapters: real clients against the real local servers of ``tests/conftest.py``.
 
-Pub/Sub: our gRPC server in a thread of the test process, or the official emulator when ``PUBSUB_EMULATOR_HOST``
-is set. Every test gets its own topic prefix, so tests never see each other's messages on a shared emulator.
-Cloud Storage: fake-gcs-server, one process per test, objects in the test's tmp folder.
+Every test gets its own topic prefix, so tests never see each other's messages on a shared emulator.
 """
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,22 +24,9 @@ from release.adapters.gcs_store import GcsArtifactStore
 from release.adapters.pubsub_bus import PubSubEventBus
 from release.ports import Message
 from tests.servers.gcs_server import GcsServer
-from tests.servers.pubsub_server import PubSubServer
 
 PROJECT = "test-project"
 BUCKET = "artifacts"
-
-
-@pytest.fixture(scope="session")
-def pubsub_host() -> Iterator[str]:
-    """``host:port`` of a Pub/Sub API: the official emulator when configured, else our server."""
-    configured = os.environ.get("PUBSUB_EMULATOR_HOST")
-    if configured:
-        yield configured
-        return
-    server = PubSubServer()
-    yield server.start()
-    server.stop()
 
 
 @pytest.fixture
@@ -124,15 +107,6 @@ def raw_pull(subscriber: pubsub_v1.SubscriberClient, subscription: str, *, count
                                             "ack_ids": [m.ack_id for m in response.received_messages]})
             got.extend(response.received_messages)
     return got
-
-
-@pytest.fixture
-def gcs_server(tmp_path: Path) -> Iterator[GcsServer]:
-    """fake-gcs-server storing objects under the test's tmp folder."""
-    server = GcsServer(root=tmp_path / "gcs")
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

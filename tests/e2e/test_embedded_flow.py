@@ -29,9 +29,9 @@ import torch
 from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_digits
 
+from app.cli import main as release_main
 from release import journal, registry
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
-from release.cli import main as release_main
 from release.db import session_scope
 from release.registry import VersionView
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app

@@ -62,7 +62,7 @@ from release.settings import Settings
 from release.worker import Consumer
 from schemas.states import VersionState
 from tests.artifacts import DigitsMLP, manifest_for, npz_bytes, torchscript_bytes
-from tests.conftest import _pg_schema_engine
+from tests.conftest import pg_schema_engine
 from tests.servers.functions import start_function
 from tests.servers.gcs_server import GcsServer, free_port
 from tests.servers.kube_server import running_kube
@@ -92,7 +92,7 @@ def kube() -> Iterator[str]:
 @pytest.fixture
 def postgres(postgres_url: str) -> Iterator[tuple[Engine, str]]:
     """A fresh, empty schema on the real PostgreSQL server (migrated by `release setup`)."""
-    schema = _pg_schema_engine(postgres_url)
+    schema = pg_schema_engine(postgres_url)
     yield next(schema)
     schema.close()  # type: ignore[attr-defined]  # a generator, typed as the Iterator it yields from
 
@@ -341,7 +341,7 @@ def test_upload_to_live_through_gcs_function_pubsub_postgres_and_kubernetes(
         postgres: tuple[Engine, str], kube: str) -> None:
     """A model uploaded to the bucket goes LIVE behind PROD: function intake, Pub/Sub, PostgreSQL, kmock, real gates."""
     _, bucket = gcs
-    setup = subprocess.run([sys.executable, "-m", "release.cli", "setup", "--json"], env=env, cwd=ROOT,
+    setup = subprocess.run([sys.executable, "-m", "app.cli", "setup", "--json"], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=120, check=False)
     assert setup.returncode == 0, setup.stderr
     subscriber = pubsub_v1.SubscriberClient(

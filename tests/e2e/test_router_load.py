@@ -1,7 +1,7 @@
 """Load through the router while PROD moves: zero failed requests, and the new version answers within 1 s.
 
 The embedded flow with real pods: versions 1 and 2 of a small torch model are dropped into the bucket folder and
-released through intake and the controller (as ``release/demo.py`` does, with RELEASE_HOME under tmp); the
+released through intake and the controller (as ``app/demo.py`` does, with RELEASE_HOME under tmp); the
 router runs under uvicorn in a thread; 8 concurrent clients keep a closed loop of requests going while version 2
 is released through the normal gates (direct strategy) and then rolled back to version 1 by ``controller.rollback``.
 The superseded version 1 must stay warm through its grace period so that the rollback only flips the alias.
@@ -24,7 +24,6 @@ from prometheus_client import CollectorRegistry
 
 from release import registry
 from release.bootstrap import App, bootstrap
-from release.cli import _drain
 from release.db import session_scope
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
 from release.settings import Settings
@@ -73,7 +72,7 @@ def _release(app: App, version: str, seed: int) -> None:
     write_artifact(Path(app.settings.bucket_location), MODEL, version, {"model.pt": torchscript_bytes(DigitsMLP())})
     app.ensure_subscriptions()
     app.intake.reconcile(final=True)
-    _drain(app)
+    app.drain_controller()
 
 
 def _prod(app: App) -> registry.AliasView:

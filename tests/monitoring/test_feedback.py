@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
+from app.cli_monitoring import register as register_commands
 from monitoring.feedback import live_accuracy, post_feedback
 from release import journal
 from release.adapters.local_bus import LocalEventBus
 from release.bootstrap import App, bootstrap
-from release.cli_monitoring import register as register_commands
 from release.db import session_factory, session_scope
 from release.settings import Settings
 from release.testing import MemoryStore

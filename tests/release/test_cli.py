@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from release.cli import main
+from app.cli import main
 from tests.artifacts import manifest_for, torchscript_bytes, write_artifact
 
 

@@ -35,7 +35,7 @@ TOPICS = ["model-events", "prediction-logs", "drift-metrics", "alerts"]
 
 
 def _release(*args: str, env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "release.cli", *args], env=env, cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout_s, check=False)
 
 
@@ -200,7 +200,7 @@ def test_each_role_starts_and_answers_its_probes(role: str, env: dict[str, str])
     """`up --only ROLE` listens on RELEASE_PORT, answers /healthz and the probes k8s declares, exits 0 on SIGTERM."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "release.cli", "up", "--only", role],
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "up", "--only", role],
                             env={**env, "RELEASE_PORT": str(port), "RELEASE_POLL_INTERVAL_S": "0.2"}, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

@@ -64,22 +64,6 @@ def test_expired_lease_is_redelivered(engine: Engine) -> None:
     assert [m.attempt for m in bus.pull("sub")] == [2]
 
 
-def test_dead_letter_after_max_attempts_keeps_the_error(engine: Engine) -> None:
-    """After max_attempts failures the event is dead-lettered with its last error, and can be redriven."""
-    bus = _bus(engine, max_attempts=2)
-    with session_scope(engine) as s:
-        bus.publish(_event(1), topic=Topic.MODEL_EVENTS, session=s)
-    for _ in range(2):
-        (message,) = bus.pull("sub")
-        bus.nack(message, error="ValueError: bad payload")
-    assert bus.pull("sub") == []
-    assert bus.backlog("sub") == 0
-    ((delivery, event_type),) = bus.dead_letters("sub")
-    assert delivery.last_error == "ValueError: bad payload" and event_type == str(EventType.MODEL_REGISTERED)
-    assert bus.redrive("sub") == 1
-    assert [m.event.id for m in bus.pull("sub")] == ["e1"]
-
-
 def test_publishing_the_same_event_id_twice_delivers_once(engine: Engine) -> None:
     """A retried producer step that republishes an event id does not duplicate the delivery."""
     bus = _bus(engine)

@@ -9,12 +9,12 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
+from app.management_api import management_routes
 from release import registry
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
 from release.controller import Controller
 from release.db import session_scope
 from release.settings import Settings
-from release.stack import management_routes
 from release.testing import FakeServing, ScriptedGates, ScriptedPromoter
 from release.worker import Consumer, run_until_idle
 from tests.release.test_controller import _register

@@ -11,20 +11,19 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, is_dataclass
-from datetime import datetime
 from typing import Any
 
 import structlog
 
+from app.cli_monitoring import register as register_monitoring
+from app.operator import whoami
+from app.output import cell, emit, plain, table
 from release import journal, registry
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
-from release.cli_monitoring import register as register_monitoring
 from release.controller import Step
 from release.db import session_scope
 from release.ports import DeploymentSpec, SubscriptionSpec
 from release.settings import Settings
-from release.worker import Consumer, run_until_idle
 from schemas.errors import ReleaseError
 from schemas.events import Topic
 from schemas.policy import ReleasePolicy
@@ -32,50 +31,8 @@ from schemas.states import VersionState
 
 log = structlog.get_logger(__name__)
 
-#: The roles of ``release up --only`` (the same tuple as ``release.stack.ROLES``, which imports uvicorn).
+#: The roles of ``release up --only`` (the same tuple as ``app.stack.ROLES``, which imports uvicorn).
 ROLES = ("all", "controller", "router", "api", "monitor", "intake")
-
-
-# ------------------------------------------------------------------------------------------------ output
-def _plain(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return _plain(asdict(value))
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    return value
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-    return str(value)
-
-
-def _emit(args: argparse.Namespace, payload: Any, render: Callable[[Any], str]) -> None:
-    if args.json:
-        print(json.dumps(_plain(payload), indent=2, sort_keys=True))
-    else:
-        print(render(payload))
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -83,7 +40,7 @@ def cmd_models(app: App, args: argparse.Namespace) -> int:
     """List models."""
     with session_scope(app.engine) as s:
         models = registry.list_models(s)
-    _emit(args, models, lambda ms: _table([_plain(m) for m in ms],
+    emit(args, models, lambda ms: table([plain(m) for m in ms],
                                           ["name", "versions", "latest", "aliases", "created_at"]))
     return 0
 
@@ -95,7 +52,7 @@ def cmd_versions(app: App, args: argparse.Namespace) -> int:
         versions = registry.list_versions(s, args.name, state=state, limit=args.limit, newest_first=True)
     rows = [{"version": v.version, "state": v.state, "reason": v.state_reason, "digest": v.digest[:19],
              "metrics": v.metrics, "created_at": v.created_at} for v in versions]
-    _emit(args, versions, lambda _v: _table(rows, ["version", "state", "reason", "digest", "created_at"]))
+    emit(args, versions, lambda _v: table(rows, ["version", "state", "reason", "digest", "created_at"]))
     return 0
 
 
@@ -103,7 +60,7 @@ def cmd_aliases(app: App, args: argparse.Namespace) -> int:
     """List the aliases of a model."""
     with session_scope(app.engine) as s:
         aliases = registry.list_aliases(s, args.name)
-    _emit(args, aliases, lambda a: _table([_plain(x) for x in a], ["name", "version", "revision", "updated_at"]))
+    emit(args, aliases, lambda a: table([plain(x) for x in a], ["name", "version", "revision", "updated_at"]))
     return 0
 
 
@@ -122,7 +79,7 @@ def cmd_show(app: App, args: argparse.Namespace) -> int:
         lines = [f"{view.model} {view.version}  state={view.state}  ({view.state_reason or '-'})",
                  f"  digest     {view.digest}", f"  artifact   {view.artifact_uri}",
                  f"  format     {view.format}  handler={view.manifest.get('handler')}",
-                 f"  metrics    {_cell(view.metrics)}"]
+                 f"  metrics    {cell(view.metrics)}"]
         if deployment:
             lines.append(f"  deployment {deployment.status} on {deployment.backend}: "
                          f"{', '.join(deployment.endpoints) or '-'}")
@@ -138,7 +95,7 @@ def cmd_show(app: App, args: argparse.Namespace) -> int:
         lines += [f"    {h.at:%Y-%m-%d %H:%M:%S} {h.actor:<12} {h.action:<22} {h.reason}" for h in history[-20:]]
         return "\n".join(lines)
 
-    _emit(args, payload, render)
+    emit(args, payload, render)
     return 0
 
 
@@ -147,10 +104,10 @@ def cmd_events(app: App, args: argparse.Namespace) -> int:
     with session_scope(app.engine) as s:
         rows = journal.recent(s, limit=args.limit, model=args.model)
     events = [r.envelope for r in rows]
-    table = [{"time": r.created_at, "topic": r.topic,
+    lines = [{"time": r.created_at, "topic": r.topic,
               "type": r.type.removeprefix("dev.modelrelease.").removesuffix(".v1"), "subject": r.subject,
               "summary": _summary(r.envelope.get("data", {}))} for r in rows]
-    _emit(args, events, lambda _e: _table(table, ["time", "topic", "type", "subject", "summary"]))
+    emit(args, events, lambda _e: table(lines, ["time", "topic", "type", "subject", "summary"]))
     return 0
 
 
@@ -162,8 +119,8 @@ def _summary(data: dict[str, Any]) -> str:
 def _operate(app: App, args: argparse.Namespace, step: Step | None) -> int:
     """Finish an audited operation: process its steps with --wait, then report where the version went."""
     if args.wait:
-        _drain(app)
-    _emit(args, step, lambda s: "nothing to do" if s is None
+        app.drain_controller()
+    emit(args, step, lambda s: "nothing to do" if s is None
           else f"{s.model} {s.version}: {s.before} -> {s.after}" + (f" ({s.note})" if s.note else ""))
     return 0
 
@@ -185,12 +142,6 @@ def cmd_retry(app: App, args: argparse.Namespace) -> int:
                                                     reason=args.reason))
 
 
-def _drain(app: App) -> int:
-    app.ensure_subscriptions()
-    consumer = Consumer(bus=app.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=app.controller.handle)
-    return run_until_idle([consumer], bus=app.bus)
-
-
 def cmd_run(app: App, args: argparse.Namespace) -> int:
     """Process everything now in the bucket through the whole flow, then stop the pods and exit."""
     if not args.until_idle:
@@ -205,19 +156,19 @@ def cmd_run(app: App, args: argparse.Namespace) -> int:
         controller = app.controller
         for model, version in controller.resume_all():
             _guarded(controller.reconcile, model, version)
-        handled = _drain(app)
+        handled = app.drain_controller()
         controller.retire_superseded(ignore_grace=True)
     finally:
         app.close()
     with session_scope(app.engine) as s:
         versions = [v for m in registry.list_models(s) for v in registry.list_versions(s, m.name)]
         aliases = {m.name: m.aliases for m in registry.list_models(s)}
-    summary = {"artifacts": [_plain(r) for r in results], "events_handled": handled,
+    summary = {"artifacts": [plain(r) for r in results], "events_handled": handled,
                "versions": [{"model": v.model, "version": v.version, "state": v.state, "reason": v.state_reason}
                             for v in versions],
                "aliases": aliases, "seconds": round(time.monotonic() - started, 2)}
-    _emit(args, summary, lambda s: _table(s["versions"], ["model", "version", "state", "reason"])
-          + "\n\n" + _table([{"model": k, "aliases": v} for k, v in s["aliases"].items()], ["model", "aliases"]))
+    emit(args, summary, lambda s: table(s["versions"], ["model", "version", "state", "reason"])
+          + "\n\n" + table([{"model": k, "aliases": v} for k, v in s["aliases"].items()], ["model", "aliases"]))
     return 0
 
 
@@ -230,7 +181,7 @@ def _guarded(step: Callable[[str, str], object], model: str, version: str) -> No
 
 def cmd_up(app: App, args: argparse.Namespace) -> int:
     """Run the whole stack, or one role of it (``--only``), until stopped."""
-    from release.stack import run_stack
+    from app.stack import run_stack
 
     return run_stack(app, role=args.only)
 
@@ -244,21 +195,16 @@ def cmd_setup(app: App, args: argparse.Namespace) -> int:
                               ack_deadline_s=settings.ack_deadline_s, max_attempts=settings.max_attempts),
              *monitor_subscriptions(ack_deadline_s=settings.ack_deadline_s, max_attempts=settings.max_attempts)]
     topics = list(Topic)
-    setup = getattr(app.bus, "setup", None)
     try:
-        if callable(setup):
-            setup(topics, specs)  # Pub/Sub: topics exist apart from subscriptions
-        else:
-            for spec in specs:
-                app.bus.ensure_subscription(spec)
+        app.bus.setup(topics, specs)
     finally:
         app.close()
     summary = {"bus": settings.bus, "store": "migrated",
-               "topics": [str(t) for t in topics] if callable(setup) else [],
+               "topics": [str(t) for t in topics] if settings.bus == "pubsub" else [],
                "subscriptions": [{"name": s.name, "topic": str(s.topic), "max_attempts": s.max_attempts}
                                  for s in specs]}
-    _emit(args, summary, lambda p: f"bus {p['bus']}: topics {', '.join(p['topics']) or '(none on this bus)'}\n"
-          + _table(p["subscriptions"], ["name", "topic", "max_attempts"]))
+    emit(args, summary, lambda p: f"bus {p['bus']}: topics {', '.join(p['topics']) or '(none on this bus)'}\n"
+          + table(p["subscriptions"], ["name", "topic", "max_attempts"]))
     return 0
 
 
@@ -286,17 +232,13 @@ def cmd_deploy_render(app: App, args: argparse.Namespace) -> int:
 
 def cmd_dead_letters(app: App, args: argparse.Namespace) -> int:
     """Events that failed every attempt, with their last error; --redrive puts them back."""
-    dead = getattr(app.bus, "dead_letters", None)
-    if dead is None:
-        print("dead letters of the Pub/Sub bus live in its *-dead-letter topics", file=sys.stderr)
-        return 3
     if args.redrive:
-        count = app.bus.redrive(args.redrive)  # type: ignore[attr-defined]
-        print(f"redriven {count}")
+        count = app.bus.redrive(args.redrive)
+        emit(args, {"redriven": count, "subscription": args.redrive}, lambda p: f"redriven {p['redriven']}")
         return 0
-    rows = [{"subscription": d.subscription, "type": t, "attempts": d.attempts, "error": d.last_error,
-             "at": d.done_at} for d, t in dead()]
-    _emit(args, rows, lambda r: _table(r, ["at", "subscription", "type", "attempts", "error"]))
+    rows = [{"subscription": d.subscription, "type": d.event_type, "event_id": d.event_id, "attempts": d.attempts,
+             "error": d.error, "at": d.at} for d in app.bus.dead_letters()]
+    emit(args, rows, lambda r: table(r, ["at", "subscription", "type", "attempts", "error"]))
     return 0
 
 
@@ -352,21 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "rollback":
             p.add_argument("version")
         p.add_argument("--reason", default="manual")
-        p.add_argument("--actor", default=_whoami())
+        p.add_argument("--actor", default=whoami())
         p.add_argument("--wait", action="store_true", help="process the resulting steps before returning")
     p = command("dead-letters", cmd_dead_letters, "events that failed every attempt")
     p.add_argument("--redrive", metavar="SUBSCRIPTION")
     register_monitoring(sub, command)
     return parser
-
-
-def _whoami() -> str:
-    import getpass
-
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,6 @@ from prometheus_client import CollectorRegistry
 
 from release import registry
 from release.bootstrap import bootstrap
-from release.cli import _drain
 from release.db import session_scope
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
 from release.settings import Settings
@@ -46,7 +45,8 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _train(x: np.ndarray, y: np.ndarray, *, hidden: int, epochs: int, seed: int) -> torch.nn.Module:
+def train_classifier(x: np.ndarray, y: np.ndarray, *, hidden: int, epochs: int, seed: int) -> torch.nn.Module:
+    """A small digits classifier trained on ``x``/``y`` (seeded, so the demo's versions come out the same)."""
     torch.manual_seed(seed)
     model = DigitsNet(hidden)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -65,8 +65,9 @@ def _npz(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _drop(bucket: Path, version: str, model: torch.nn.Module, x_eval: np.ndarray, y_eval: np.ndarray,
-          x_ref: np.ndarray, accuracy: float) -> None:
+def drop_version(bucket: Path, version: str, model: torch.nn.Module, x_eval: np.ndarray, y_eval: np.ndarray,
+                 x_ref: np.ndarray, accuracy: float) -> None:
+    """Upload ``model`` as ``digits/<version>`` (TorchScript, eval set, drift reference) the way uploaders do."""
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(model), buffer)
     files = {"model.pt": buffer.getvalue(), "eval.npz": _npz(x=x_eval, y=y_eval), "reference.npz": _npz(x=x_ref)}
@@ -114,15 +115,15 @@ def main() -> int:
         for step, (version, story, params, shuffled) in enumerate(plans, start=1):
             labels = rng.permutation(y[train]) if shuffled else y[train]
             _say(f"\n[{step}/4] training digits v{version}: {story}")
-            model = _train(x[train], labels, **params)
+            model = train_classifier(x[train], labels, **params)
             with torch.no_grad():
                 acc = float((model(torch.tensor(x[held])).argmax(1).numpy() == y[held]).mean())
             _say(f"      held-out accuracy {acc:.3f}; dropping models/digits/{version}/ into {bucket}")
-            _drop(bucket, version, model, x[held], y[held], x[train][:500], acc)
+            drop_version(bucket, version, model, x[held], y[held], x[train][:500], acc)
             started = time.monotonic()
             app.ensure_subscriptions()
             app.intake.reconcile(final=True)
-            _drain(app)
+            app.drain_controller()
             with session_scope(app.engine) as s:
                 view = registry.get_version(s, "digits", version)
                 report = registry.latest_gate_report(s, view.id) or {}

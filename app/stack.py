@@ -17,15 +17,12 @@ Every role answers ``GET /healthz`` (200 while its threads run, 503 naming the o
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
 import uvicorn
@@ -35,14 +32,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from monitoring.feedback import post_feedback
+from app.management_api import management_routes
 from monitoring.monitor import MONITOR_SUBSCRIPTION, PROFILE_SUBSCRIPTION, DriftMonitor, subscriptions
 from release.adapters.local_bucket import LocalBucketWatcher, LocalFolderStore
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, default_policy
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
 from release.worker import Consumer
-from schemas.error_table import http_status, retry_after
-from schemas.errors import BadRequest, ReleaseError, Unauthorized
+from schemas.errors import ReleaseError
 from schemas.events import EventType
 
 log = structlog.get_logger(__name__)
@@ -69,50 +65,6 @@ def _loop(stop: threading.Event, interval_s: float, body: Callable[[], object], 
 def _consume(stop: threading.Event, consumer: Consumer, name: str, *, retry_s: float) -> threading.Thread:
     """A daemon thread (not started) running ``consumer`` until ``stop``; a failed pull or relay is retried."""
     return _loop(stop, retry_s, lambda: consumer.run(stop), name)
-
-
-def management_routes(app: App) -> list[Route]:
-    """Token-protected writes beside the router: promote, rollback, ground-truth feedback. Every write is audited
-    (promote and rollback in the registry's audit log, feedback with its actor); errors map to HTTP status through
-    the one error table."""
-
-    def write(action: Callable[[Request, str, dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
-        async def endpoint(request: Request) -> Response:
-            try:
-                token = app.settings.api_token
-                given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-                if not token or not hmac.compare_digest(given, token):
-                    raise Unauthorized("management API writes need a valid token")
-                body = await request.json() if await request.body() else {}
-                if not isinstance(body, dict):
-                    raise BadRequest("the request body must be a JSON object")
-                result = await asyncio.to_thread(action, request, request.headers.get("x-actor", "api"), body)
-            except ValueError as error:  # malformed JSON
-                return JSONResponse({"reason": "bad_request", "message": f"invalid JSON: {error}"}, status_code=400)
-            except ReleaseError as error:
-                wait = retry_after(error)
-                return JSONResponse(error.to_dict(), status_code=http_status(error),
-                                    headers={"Retry-After": wait} if wait else None)
-            return JSONResponse(result)
-
-        return endpoint
-
-    def promote(request: Request, actor: str, body: dict[str, Any]) -> dict[str, Any]:
-        step = app.controller.promote(request.path_params["model"], request.path_params["version"], actor=actor,
-                                      reason=str(body.get("reason", "api")))
-        return {"model": step.model, "version": step.version, "state": str(step.after)}
-
-    def rollback(request: Request, actor: str, body: dict[str, Any]) -> dict[str, Any]:
-        step = app.controller.rollback(request.path_params["model"], actor=actor,
-                                       reason=str(body.get("reason", "api")))
-        return {"state": str(step.after) if step else None}
-
-    def feedback(_request: Request, actor: str, body: dict[str, Any]) -> dict[str, Any]:
-        return post_feedback(app.engine, app.bus, {"actor": actor, **body})
-
-    return [Route("/api/v1/models/{model}/versions/{version}/promote", write(promote), methods=["POST"]),
-            Route("/api/v1/models/{model}/rollback", write(rollback), methods=["POST"]),
-            Route("/api/v1/feedback", write(feedback), methods=["POST"])]
 
 
 @dataclass

@@ -1,8 +1,7 @@
 """``release drift`` and ``release feedback``: the monitoring commands, added to the parser by ``register``.
 
-Kept out of ``release.cli`` so that the core commands start without importing the numeric stack: monitoring
-(numpy, SciPy) and the shared output helpers of ``release.cli`` are imported when one of these commands runs,
-which also lets ``release.cli`` import this module at its top without an import cycle.
+Kept apart from ``app.cli`` so that the core commands start without importing the numeric stack: monitoring
+(numpy, SciPy) is imported when one of these commands runs.
 """
 
 from __future__ import annotations
@@ -13,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.operator import whoami
+from app.output import emit, plain, table
 from release.bootstrap import App
 from release.db import session_scope
 
@@ -40,19 +41,16 @@ def cmd_drift(app: App, args: argparse.Namespace) -> int:
     from monitoring.feedback import live_accuracy
     from monitoring.monitor import drift_report
     from release import registry
-    from release.cli import _emit, _plain
 
     with session_scope(app.engine) as s:
         version = registry.resolve(s, args.name, args.version).version if args.version else None
         report = drift_report(s, args.name, version=version, limit=args.limit)
-        report["accuracy"] = [_plain(a) for a in live_accuracy(s, args.name, version)]
-    _emit(args, report, _render_drift)
+        report["accuracy"] = [plain(a) for a in live_accuracy(s, args.name, version)]
+    emit(args, report, _render_drift)
     return 0
 
 
 def _render_drift(report: dict[str, Any]) -> str:
-    from release.cli import _table
-
     def fmt(value: Any) -> str:
         return "-" if value is None else f"{value:.4g}"
 
@@ -61,20 +59,19 @@ def _render_drift(report: dict[str, Any]) -> str:
                 for f in report["top_features"]]
     accuracy = [{**a, "accuracy": fmt(a["accuracy"]), "mae": fmt(a["mae"])} for a in report["accuracy"]]
     return "\n\n".join([
-        "windows (newest first)\n" + _table(windows, ["version", "window", "end", "samples", "severity",
+        "windows (newest first)\n" + table(windows, ["version", "window", "end", "samples", "severity",
                                                       "max_psi", "class_js"]),
-        "top drifting features (latest window)\n" + _table(features, ["version", "window", "name", "psi",
+        "top drifting features (latest window)\n" + table(features, ["version", "window", "name", "psi",
                                                                       "ks_pvalue_adjusted",
                                                                       "wasserstein_normalized"]),
-        "open alerts\n" + _table(report["alerts"], ["version", "severity", "alert_id", "since"]),
-        "live accuracy\n" + _table(accuracy, ["version", "labelled", "correct", "accuracy", "valued", "mae"]),
+        "open alerts\n" + table(report["alerts"], ["version", "severity", "alert_id", "since"]),
+        "live accuracy\n" + table(accuracy, ["version", "labelled", "correct", "accuracy", "valued", "mae"]),
     ])
 
 
 def cmd_feedback(app: App, args: argparse.Namespace) -> int:
     """Record ground truth (one request, or a CSV of them) and print the model's live accuracy."""
     from monitoring.feedback import post_feedback
-    from release.cli import _emit, _table, _whoami
     from schemas.errors import BadRequest
 
     if args.file is not None:
@@ -85,10 +82,10 @@ def cmd_feedback(app: App, args: argparse.Namespace) -> int:
     else:
         raise BadRequest("give --request-id with --label or --value, or --file CSV",
                          hint="See `release feedback --help`.")
-    result = post_feedback(app.engine, app.bus, {"model": args.name, "actor": args.actor or _whoami(),
+    result = post_feedback(app.engine, app.bus, {"model": args.name, "actor": args.actor or whoami(),
                                                  "items": items})
-    _emit(args, result, lambda r: f"recorded {r['recorded']}\n"
-          + _table(r["accuracy"], ["version", "labelled", "correct", "accuracy", "valued", "mae"]))
+    emit(args, result, lambda r: f"recorded {r['recorded']}\n"
+          + table(r["accuracy"], ["version", "labelled", "correct", "accuracy", "valued", "mae"]))
     return 0
 
 
