@@ -21,6 +21,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy app functions release monitoring handlers schemas
 	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/house
 
 test: install
 	$(BIN)/python -m pytest -q

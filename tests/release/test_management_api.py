@@ -17,7 +17,7 @@ from release.db import session_scope
 from release.settings import Settings
 from release.testing import FakeServing, ScriptedGates, ScriptedPromoter
 from release.worker import Consumer, run_until_idle
-from tests.release.test_controller import _register
+from tests.release.registrations import register_version
 
 TOKEN = "s3cret-token"
 
@@ -33,7 +33,7 @@ def app(tmp_path: Path) -> Iterator[App]:
     consumer = Consumer(bus=application.bus, subscription=CONTROLLER_SUBSCRIPTION,
                         handler=application.controller.handle)
     for version in ("1", "2"):
-        _register(application.engine, application.bus, version)
+        register_version(application.engine, application.bus, version)
         run_until_idle([consumer], bus=application.bus)
     yield application
     application.close()
