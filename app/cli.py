@@ -16,12 +16,14 @@ from typing import Any
 import structlog
 
 from app.cli_monitoring import register as register_monitoring
+from app.cli_policy import register as register_policy
 from app.operator import whoami
 from app.output import cell, emit, plain, table
 from release import journal, registry
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
 from release.controller import Step
 from release.db import session_scope
+from release.identity import new_token
 from release.ports import DeploymentSpec, SubscriptionSpec
 from release.settings import Settings
 from schemas.errors import ReleaseError
@@ -230,6 +232,15 @@ def cmd_deploy_render(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(_app: App, args: argparse.Namespace) -> int:
+    """Print a new token and the line that admits it in RELEASE_API_TOKENS_FILE (which stores only its hash)."""
+    token, line = new_token(args.name)
+    emit(args, {"name": args.name, "token": token, "line": line},
+         lambda p: f"token for {p['name']} (shown once):\n  {p['token']}\n"
+                   f"add to RELEASE_API_TOKENS_FILE:\n  {p['line']}")
+    return 0
+
+
 def cmd_dead_letters(app: App, args: argparse.Namespace) -> int:
     """Events that failed every attempt, with their last error; --redrive puts them back."""
     if args.redrive:
@@ -296,9 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", default="manual")
         p.add_argument("--actor", default=whoami())
         p.add_argument("--wait", action="store_true", help="process the resulting steps before returning")
+    p = command("token", cmd_token, "make a named API token: prints the token once and its tokens-file line")
+    p.add_argument("action", choices=["new"])
+    p.add_argument("name", help="the actor its writes are audited under (a person, a team, a pipeline)")
     p = command("dead-letters", cmd_dead_letters, "events that failed every attempt")
     p.add_argument("--redrive", metavar="SUBSCRIPTION")
     register_monitoring(sub, command)
+    register_policy(sub)
     return parser
 
 

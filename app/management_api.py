@@ -1,10 +1,10 @@
-"""The management API beside the router: promote, rollback and ground-truth feedback, each a token-protected,
-audited write. Errors answer with the status and ``Retry-After`` of the one error table."""
+"""The management API beside the router: promote, rollback, ground-truth feedback and operator policies, each an
+authenticated, audited write whose actor is the credential's identity (``release.identity``), never a header the
+caller writes. Errors answer with the status and ``Retry-After`` of the one error table."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -13,9 +13,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from monitoring.feedback import post_feedback
-from release.bootstrap import App
+from release import policies
+from release.bootstrap import App, authenticator, default_policy
+from release.db import session_scope
 from schemas.error_table import http_status, retry_after
-from schemas.errors import BadRequest, ReleaseError, Unauthorized
+from schemas.errors import BadRequest, ReleaseError
 
 
 def management_routes(app: App) -> list[Route]:
@@ -23,17 +25,16 @@ def management_routes(app: App) -> list[Route]:
     (promote and rollback in the registry's audit log, feedback with its actor); errors map to HTTP status through
     the one error table."""
 
+    identities = authenticator(app.settings)
+
     def write(action: Callable[[Request, str, dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
         async def endpoint(request: Request) -> Response:
             try:
-                token = app.settings.api_token
-                given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-                if not token or not hmac.compare_digest(given, token):
-                    raise Unauthorized("management API writes need a valid token")
+                actor = await asyncio.to_thread(identities.actor, request.headers.get("authorization"))
                 body = await request.json() if await request.body() else {}
                 if not isinstance(body, dict):
                     raise BadRequest("the request body must be a JSON object")
-                result = await asyncio.to_thread(action, request, request.headers.get("x-actor", "api"), body)
+                result = await asyncio.to_thread(action, request, actor, body)
             except ValueError as error:  # malformed JSON
                 return JSONResponse({"reason": "bad_request", "message": f"invalid JSON: {error}"}, status_code=400)
             except ReleaseError as error:
@@ -57,6 +58,26 @@ def management_routes(app: App) -> list[Route]:
     def feedback(_request: Request, actor: str, body: dict[str, Any]) -> dict[str, Any]:
         return post_feedback(app.engine, app.bus, {"actor": actor, **body})
 
-    return [Route("/api/v1/models/{model}/versions/{version}/promote", write(promote), methods=["POST"]),
+    def put_policy(request: Request, actor: str, body: dict[str, Any]) -> dict[str, Any]:
+        document = body.get("policy")
+        if not isinstance(document, dict):
+            raise BadRequest("the body needs `policy` (the release policy as a JSON object) and may give `reason`")
+        policy = policies.parse_policy(document, webhook_prefixes=app.settings.webhook_prefixes)
+        with session_scope(app.engine) as s:
+            view = policies.set_policy(s, model=request.path_params["model"], policy=policy, actor=actor,
+                                       reason=str(body.get("reason", "api")))
+        return {"model": view.model, "revision": view.revision, "actor": view.actor, "diff": view.diff}
+
+    async def get_policy(request: Request) -> Response:
+        model = request.path_params["model"]
+        with session_scope(app.engine) as s:
+            view = policies.current(s, model)
+        policy = view.policy if view else default_policy(app.settings)
+        return JSONResponse({"model": model, "source": "operator" if view else "default",
+                             "revision": view.revision if view else None, "policy": policy.model_dump(mode="json")})
+
+    return [Route("/api/v1/models/{model}/policy", write(put_policy), methods=["PUT"]),
+            Route("/api/v1/models/{model}/policy", get_policy, methods=["GET"]),
+            Route("/api/v1/models/{model}/versions/{version}/promote", write(promote), methods=["POST"]),
             Route("/api/v1/models/{model}/rollback", write(rollback), methods=["POST"]),
             Route("/api/v1/feedback", write(feedback), methods=["POST"])]

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from release.artifacts import materialize
 from release.controller import Controller
 from release.db import make_engine, migrate, session_factory
+from release.identity import Authenticator, IdTokenVerifier, load_tokens
 from release.intake import Intake
 from release.logconfig import configure_logging
 from release.ports import ArtifactStore, EventBus, GateRunner, Promoter, ServingBackend, SubscriptionSpec
@@ -146,8 +147,19 @@ def wants_gpu(settings: Settings) -> bool:
 
 
 def default_policy(settings: Settings) -> ReleasePolicy:
-    """The policy for models without ``policies/<name>.json``."""
+    """The policy for models the operator set none for (``release policy set``)."""
     return ReleasePolicy.model_validate_json(settings.policy_json) if settings.policy_json else ReleasePolicy()
+
+
+def authenticator(settings: Settings) -> Authenticator:
+    """Who may write through the management API: named tokens, the single token, Google ID tokens."""
+    verifier: IdTokenVerifier | None = None
+    if settings.id_token_audience:
+        from release.adapters.google_identity import GoogleIdTokenVerifier
+
+        verifier = GoogleIdTokenVerifier(audience=settings.id_token_audience)
+    tokens = load_tokens(settings.api_tokens_file) if settings.api_tokens_file else ()
+    return Authenticator(tokens=tokens, legacy_token=settings.api_token, id_tokens=verifier)
 
 
 @functools.cache
@@ -159,5 +171,6 @@ def bootstrap(settings: Settings) -> App:
     migrate(engine)
     store = STORES[store_scheme(settings.bucket_location)](settings)
     bus = BUSES[settings.bus](settings, engine)
-    intake = Intake(store=store, bus=bus, engine=engine, default_policy=default_policy(settings))
+    intake = Intake(store=store, bus=bus, engine=engine, default_policy=default_policy(settings),
+                    bucket_policies=settings.bucket_policies)
     return App(settings=settings, engine=engine, store=store, bus=bus, intake=intake)

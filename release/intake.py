@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from release import registry
+from release import policies, registry
 from release.db import session_scope
 from release.inspection import check_weights_pickle, read_mar_manifest
 from release.ports import ArtifactStore, EventBus, ObjectInfo
@@ -55,7 +55,6 @@ log = structlog.get_logger(__name__)
 
 _DIR_ARTIFACT = re.compile(r"^models/([^/]+)/([^/]+)/(.+)$")
 _MAR_ARTIFACT = re.compile(r"^models/([^/]+)/([^/]+)\.mar$")
-_POLICY = re.compile(r"^policies/([^/]+)\.json$")
 _CHUNK = 1 << 20
 
 Status = Literal["registered", "pending", "rejected", "ignored"]
@@ -114,12 +113,15 @@ class Intake:
     """Registers complete, valid artifacts; reports bad ones. Safe to run in several processes at once."""
 
     def __init__(self, *, store: ArtifactStore, bus: EventBus, engine: Engine,
-                 default_policy: ReleasePolicy | None = None,
+                 default_policy: ReleasePolicy | None = None, bucket_policies: bool = False,
                  on_registered: Callable[[Session, registry.VersionView, Manifest], None] | None = None) -> None:
+        """``bucket_policies`` lets ``policies/<name>.json`` in the uploads bucket stand in for a missing operator
+        policy (RELEASE_BUCKET_POLICIES, single-team setups); otherwise uploaders cannot influence policy."""
         self._store = store
         self._bus = bus
         self._engine = engine
         self._default_policy = default_policy or ReleasePolicy()
+        self._bucket_policies = bucket_policies
         self._on_registered = on_registered
 
     # ------------------------------------------------------------------------------------------ entry points
@@ -279,6 +281,13 @@ class Intake:
 
     # ------------------------------------------------------------------------------------------ decisions
     def _policy_for(self, model: str) -> ReleasePolicy:
+        """The operator's policy from the registry; else, only where opted in, the bucket's; else the default."""
+        with session_scope(self._engine) as session:
+            operator = policies.current(session, model)
+        if operator is not None:
+            return operator.policy
+        if not self._bucket_policies:
+            return self._default_policy
         name = f"policies/{model}.json"
         info = self._store.stat(name)
         if info is None:

@@ -22,7 +22,19 @@ class Settings(BaseSettings):
     serving: Literal["local", "kubernetes"] = Field(default="local", description="Where serving pods run.")
     host: str = Field(default="127.0.0.1", description="Address the router and management API listen on.")
     port: int = Field(default=8080, description="Port of the router + management API + dashboard.")
-    api_token: str = Field(default="", description="Bearer token for management API writes; empty = writes refused.")
+    api_token: str = Field(default="", description="Bearer token for management API writes; empty = writes refused. "
+                           "Its audit actor is `api-token`; name each operator with RELEASE_API_TOKENS_FILE.")
+    api_tokens_file: Path | None = Field(
+        default=None, description="Named API tokens: lines of `NAME sha256:HEX` (the hash of the token); the token's "
+                                  "name is the audit actor. Make a line with `release token new NAME`.")
+    id_token_audience: str = Field(
+        default="", description="On Google Cloud: accept Google-signed ID tokens whose audience is this (the API's "
+                                "URL); the token's email is the audit actor.")
+    bucket_policies: bool = Field(
+        default=False, description="Single-team setups only: read policies/<name>.json from the uploads bucket "
+                                   "when the registry has no operator policy for the model.")
+    webhook_allow: str = Field(
+        default="", description="Comma-separated URL prefixes drift webhooks may target; empty = no webhooks.")
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto = console on a terminal, JSON otherwise.")
     log_level: str = Field(default="INFO", description="Minimum log level.")
@@ -39,6 +51,11 @@ class Settings(BaseSettings):
     pubsub_emulator_host: str = Field(default="", validation_alias="PUBSUB_EMULATOR_HOST",
                                       description="Google's own variable: a Pub/Sub emulator to talk to instead.")
     fault_crash_at: str = Field(default="", description="Testing only: SIGKILL the process at this controller step.")
+
+    @property
+    def webhook_prefixes(self) -> tuple[str, ...]:
+        """The allowed webhook URL prefixes, parsed."""
+        return tuple(p.strip() for p in self.webhook_allow.split(",") if p.strip())
 
     @property
     def bucket_location(self) -> str:

@@ -298,3 +298,19 @@ class FeedbackRow(SQLModel, table=True):
     value: float | None = None
     actor: str = Field(max_length=128)
     at: datetime = _ts()
+
+
+class PolicyRevision(SQLModel, table=True):
+    """One revision of a model's operator release policy. Append-only: the newest revision is in force."""
+
+    __tablename__ = "policy_revision"
+    __table_args__ = (sa.UniqueConstraint("model", "revision", name="uq_policy_revision"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model: str = Field(max_length=63, index=True)
+    revision: int
+    policy: dict[str, Any] = Field(sa_type=sa.JSON)
+    actor: str = Field(max_length=128)
+    reason: str = Field(default="", sa_type=sa.Text)
+    diff: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    created_at: datetime = _ts()
