@@ -16,7 +16,7 @@ import torch
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
-from release import journal, registry
+from release import journal, policies, registry
 from release.adapters.local_bucket import LocalBucketWatcher, LocalFolderStore
 from release.adapters.local_bus import LocalEventBus
 from release.db import session_factory, session_scope
@@ -143,7 +143,7 @@ def _zip(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
 _MAR_MANIFEST = json.dumps({"model": {"modelName": "m", "handler": "handler.py", "serializedFile": "model.pt"}})
 
 
-def _bad_dir(kind: str, bucket: Path) -> None:
+def _bad_dir(kind: str, bucket: Path, engine: Engine) -> None:
     files = _files(0)
     if kind == "manifest_invalid_json":
         write_artifact(bucket, "bad", "1", files, with_manifest=False)
@@ -182,20 +182,16 @@ def _bad_dir(kind: str, bucket: Path) -> None:
     elif kind == "handler_code_forbidden":
         code = {**files, "handler.py": b"def handle(data, context):\n    return data\n"}
         write_artifact(bucket, "bad", "1", code, manifest_for("bad", "1", code, handler="handler.py"))
-        policy = ReleasePolicy(rollout=RolloutPolicy(allow_handler_code=False))
-        (bucket / "policies").mkdir()
-        (bucket / "policies/bad.json").write_text(policy.model_dump_json())
-    elif kind == "policy_invalid":
-        write_artifact(bucket, "bad", "1", files)
-        (bucket / "policies").mkdir()
-        (bucket / "policies/bad.json").write_text('{"gates": {"metrics": [{"metric": "accuracy"}]}}')
+        with session_scope(engine) as s:
+            policies.set_policy(s, model="bad", policy=ReleasePolicy(rollout=RolloutPolicy(allow_handler_code=False)),
+                                actor="operator", reason="no code")
     else:
         raise AssertionError(kind)
 
 
 DIR_KINDS = ["manifest_invalid_json", "manifest_invalid", "manifest_path_mismatch", "unsafe_path",
              "checksum_mismatch", "size_mismatch", "unsafe_symlink", "unsafe_pickle", "manifest_too_large",
-             "unknown_handler", "file_missing", "manifest_missing", "handler_code_forbidden", "policy_invalid"]
+             "unknown_handler", "file_missing", "manifest_missing", "handler_code_forbidden"]
 EXPECTED_REASON = {"unsafe_path": "manifest_invalid"}  # the manifest schema refuses escaping paths outright
 
 
@@ -203,7 +199,7 @@ EXPECTED_REASON = {"unsafe_path": "manifest_invalid"}  # the manifest schema ref
 def test_bad_model_directory_gets_a_report_and_is_never_registered(kind: str, bucket: Path, engine: Engine,
                                                                     intake: Intake) -> None:
     """Each kind of bad model directory gets REJECTED.json with its stable reason code and no registration."""
-    _bad_dir(kind, bucket)
+    _bad_dir(kind, bucket, engine)
     results = intake.reconcile(final=True)
     assert [r.status for r in results] == ["rejected"]
     report = _report(bucket, "bad", "1")
@@ -217,7 +213,7 @@ def test_bad_model_directory_gets_a_report_and_is_never_registered(kind: str, bu
 
 def test_duplicate_events_for_a_bad_artifact_report_it_once(bucket: Path, engine: Engine, intake: Intake) -> None:
     """A rejected artifact seen again publishes no second rejection event."""
-    _bad_dir("checksum_mismatch", bucket)
+    _bad_dir("checksum_mismatch", bucket, engine)
     for _ in range(3):
         intake.reconcile(final=True)
     assert len(_events(engine, EventType.ARTIFACT_REJECTED)) == 1
