@@ -53,7 +53,8 @@ from sqlalchemy.engine import Engine
 from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from release import journal, registry
-from release.adapters.k8s_manifests import ServingOptions, object_name
+from release.adapters.k8s_manifests import ServingOptions
+from release.adapters.k8s_names import object_name
 from release.adapters.kubernetes_serving import KubernetesServingBackend
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
 from release.db import session_scope
