@@ -38,8 +38,8 @@ def register(_sub: argparse._SubParsersAction[argparse.ArgumentParser], command:
 
 def cmd_drift(app: App, args: argparse.Namespace) -> int:
     """Show the latest drift windows, the top drifting features and open alerts."""
+    from monitoring.drift_report import drift_report
     from monitoring.feedback import live_accuracy
-    from monitoring.monitor import drift_report
     from release import registry
 
     with session_scope(app.engine) as s:

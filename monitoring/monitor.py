@@ -13,27 +13,26 @@ batch that fails, or is redelivered after a commit whose ack was lost, is never 
 restarted monitor loses the records of its still-open windows (at most ``window_size - 1`` per version),
 which a statistical monitor can afford; window indices and alert streaks continue from the store.
 
-The reference profile is built lazily here, the first time a version is seen (see ``monitoring.reference``
-for why not at registration). Side effects that must not hold a transaction open, Prometheus gauges, log
-lines and the best-effort webhook, run after the commit. One monitor instance per deployment is assumed;
-a second one would cut its own windows from the share of batches it receives.
+The reference profile is built at registration: ``handle_registration``, the consumer of the monitor's
+``drift-profiles`` subscription on ``model-events``, builds and stores it from the same ``model.registered``
+event the controller reacts to (``monitoring.reference`` says why intake does not). ``handle`` uses the
+stored profile and builds one itself only when none is stored yet (a version registered before the monitor ran).
+Side effects that must not hold a transaction open, Prometheus gauges, log lines and the best-effort
+webhook (``monitoring.alert_webhooks``), run after the commit. One monitor instance per deployment is
+assumed; a second one would cut its own windows from the share of batches it receives.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import queue
-import threading
-import time
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import structlog
 from pydantic import ValidationError
@@ -41,6 +40,7 @@ from sqlalchemy import delete, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from monitoring.alert_webhooks import WebhookQueue, WebhookSender, post_json
 from monitoring.alerts import AlertAction, AlertState, classify, step
 from monitoring.measure import measure
 from monitoring.metrics import DriftMetrics
@@ -66,12 +66,7 @@ PROFILE_SUBSCRIPTION = "drift-profiles"
 ACTOR = "drift-monitor"
 #: How long prediction request ids are kept for joining feedback; older rows are pruned by ``flush``.
 PREDICTION_RETENTION = timedelta(days=7)
-WEBHOOK_TIMEOUT_S = 2.0
-# Alerts are rare; a full queue means the receiver is down, and dropping beats growing without bound.
-WEBHOOK_QUEUE_SIZE = 100
 _EVENT_ID_MAX = 64
-
-WebhookSender = Callable[[str, dict[str, Any]], None]
 
 
 def subscriptions(*, ack_deadline_s: float = 60.0, max_attempts: int = 5) -> list[SubscriptionSpec]:
@@ -80,11 +75,6 @@ def subscriptions(*, ack_deadline_s: float = 60.0, max_attempts: int = 5) -> lis
                              ack_deadline_s=ack_deadline_s, max_attempts=max_attempts),
             SubscriptionSpec(name=PROFILE_SUBSCRIPTION, topic=Topic.MODEL_EVENTS,
                              ack_deadline_s=ack_deadline_s, max_attempts=max_attempts)]
-
-
-def post_json(url: str, payload: dict[str, Any]) -> None:
-    """POST ``payload`` as JSON with a short timeout; raises on a transport error or non-2xx answer."""
-    httpx.post(url, json=payload, timeout=WEBHOOK_TIMEOUT_S).raise_for_status()
 
 
 @dataclass(frozen=True)
@@ -116,7 +106,7 @@ class DriftMonitor:
         self._default_policy = default_policy or DriftPolicy()
         self._metrics = metrics
         self._retention = retention
-        self._webhooks = _WebhookQueue(webhook or post_json)
+        self._webhooks = WebhookQueue(webhook or post_json)
         self._versions: dict[WindowKey, _VersionInfo] = {}
         self._windows: dict[WindowKey, WindowAccumulator] = {}
 
@@ -371,76 +361,3 @@ def _save_state(session: Session, state: AlertState) -> None:
     row.state = state.model_dump(mode="json")
     row.updated_at = utcnow()
     session.add(row)
-
-
-class _WebhookQueue:
-    """Posts alerts from one daemon thread, so a slow or dead receiver never stalls the monitor."""
-
-    def __init__(self, send: WebhookSender) -> None:
-        self._send = send
-        self._queue: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue(maxsize=WEBHOOK_QUEUE_SIZE)
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, url: str, payload: dict[str, Any]) -> None:
-        """Queue one POST; dropped with a log line when the queue is full."""
-        try:
-            self._queue.put_nowait((url, payload))
-        except queue.Full:
-            log.warning("drift.webhook_dropped", url=url, event_id=payload.get("id"))
-            return
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="drift-webhook", daemon=True)
-                self._thread.start()
-
-    def wait(self, timeout_s: float) -> bool:
-        """True once every queued POST has been attempted."""
-        deadline = time.monotonic() + timeout_s
-        while self._queue.unfinished_tasks:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.01)
-        return True
-
-    def _run(self) -> None:
-        while True:
-            url, payload = self._queue.get()
-            try:
-                self._send(url, payload)
-            except Exception as error:  # best effort: logged, never raised
-                log.warning("drift.webhook_failed", url=url, event_id=payload.get("id"), error=str(error))
-            finally:
-                self._queue.task_done()
-
-
-# ---------------------------------------------------------------------------------------------- reading
-def drift_report(session: Session, model: str, *, version: str | None = None, limit: int = 10,
-                 top: int = 5) -> dict[str, Any]:
-    """What ``release drift`` shows: the newest windows, the latest window's top features, open alerts."""
-    query = select(DriftMeasurementRow).where(DriftMeasurementRow.model == model)
-    if version is not None:
-        query = query.where(DriftMeasurementRow.version == version)
-    rows = session.exec(query.order_by(col(DriftMeasurementRow.id).desc()).limit(limit)).all()
-    windows = [_window_summary(row) for row in rows]
-    features: list[dict[str, Any]] = []
-    if rows:
-        latest = DriftMeasurement.model_validate(rows[0].measurement)
-        ranked = sorted(latest.features, key=lambda f: (-f.psi, f.ks_pvalue_adjusted))[:top]
-        features = [{"version": rows[0].version, "window": rows[0].window_index, **f.model_dump()} for f in ranked]
-    alerts_query = (select(DriftAlertStateRow).where(DriftAlertStateRow.model == model)
-                    .where(DriftAlertStateRow.severity != "none"))
-    if version is not None:
-        alerts_query = alerts_query.where(DriftAlertStateRow.version == version)
-    alerts = [{"version": a.version, "severity": a.severity, "alert_id": a.alert_id, "since": a.updated_at}
-              for a in session.exec(alerts_query.order_by(col(DriftAlertStateRow.version))).all()]
-    return {"model": model, "version": version, "windows": windows, "top_features": features, "alerts": alerts}
-
-
-def _window_summary(row: DriftMeasurementRow) -> dict[str, Any]:
-    features = row.measurement.get("features") or []
-    classes = row.measurement.get("classes") or {}
-    return {"version": row.version, "window": row.window_index, "start": row.window_start,
-            "end": row.window_end, "samples": row.samples, "severity": row.severity,
-            "max_psi": max((f["psi"] for f in features), default=None),
-            "class_js": classes.get("js_distance")}

@@ -1,9 +1,11 @@
 """The drift baseline of a model version, built from the reference sample its artifact ships.
 
-The profile is built lazily by the drift monitor the first time it sees a version, not by intake at
-registration: intake belongs to the release core, which must not import ``monitoring`` (an import-linter
-contract keeps it that way), and a version nobody sends traffic to never needs a profile. The monitor stores
-the result with ``registry.set_reference_profile``, so each version is profiled once per installation.
+The profile is built at registration, but by the drift monitor rather than by intake: intake belongs to the
+release core, which must not import ``monitoring`` (an import-linter contract keeps it that way). So the
+monitor builds it from the same ``model.registered`` event the controller reacts to
+(``DriftMonitor.handle_registration``, on its ``drift-profiles`` subscription) and stores the result with
+``registry.set_reference_profile``, so each version is profiled once per installation. A version registered
+before the monitor ran is profiled the first time its predictions arrive.
 
 Which sample: the manifest's ``reference`` npz (array ``x``), else its ``eval`` npz (the gates' inputs are the
 next best picture of what the model expects). The class distribution comes from the same file's predicted

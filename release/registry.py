@@ -1,13 +1,13 @@
-"""The model registry: models, versions, aliases, gate reports, deployments and the audit log.
+"""The model registry: models, versions, aliases and the audit log.
 
 Repository functions take ``*, session`` and never commit: the caller owns the transaction, so a state change,
 its audit entry and its outgoing events land together or not at all. Rows leave as the frozen ``VersionView`` /
-``AliasView`` domain objects, never as live ORM rows.
+``AliasView`` domain objects, never as live ORM rows. Gate reports, deployment rows and canary routes live in
+``release.rollout_records`` and are re-exported here, so callers reach every registry operation as ``registry.X``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,18 +16,16 @@ from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from release.rollout_records import add_gate_report as add_gate_report
+from release.rollout_records import clear_routes as clear_routes
+from release.rollout_records import get_deployment as get_deployment
+from release.rollout_records import latest_gate_report as latest_gate_report
+from release.rollout_records import record_deployment as record_deployment
+from release.rollout_records import route_weights as route_weights
+from release.rollout_records import set_route_weight as set_route_weight
 from schemas.errors import AliasConflict, InvalidTransition, NotFound, Reason
 from schemas.states import VersionState, can_move
-from schemas.tables import (
-    Alias,
-    AuditEntry,
-    Deployment,
-    GateReportRow,
-    Model,
-    ModelVersion,
-    RouteWeight,
-    utcnow,
-)
+from schemas.tables import Alias, AuditEntry, Model, ModelVersion, utcnow
 
 PROD = "PROD"
 STG = "STG"
@@ -370,39 +368,7 @@ def move_alias(session: Session, *, model: str, alias: str, version: str | None,
     return get_alias(session, model, alias), previous
 
 
-# ----------------------------------------------------------------------------------------------- reports etc.
-def add_gate_report(session: Session, *, version_id: int, passed: bool, report: dict[str, Any]) -> None:
-    """Store one gate report for a version."""
-    session.add(GateReportRow(version_id=version_id, passed=passed, report=report))
-
-
-def latest_gate_report(session: Session, version_id: int) -> dict[str, Any] | None:
-    """The newest gate report of a version."""
-    row = session.exec(select(GateReportRow).where(GateReportRow.version_id == version_id)
-                       .order_by(col(GateReportRow.id).desc())).first()
-    return None if row is None else dict(row.report)
-
-
-def record_deployment(session: Session, *, version_id: int, backend: str, status: str,
-                      endpoints: Sequence[str] = (), log_excerpt: str = "") -> None:
-    """Create or update the deployment row of a version on a backend."""
-    row = session.exec(select(Deployment).where(Deployment.version_id == version_id)
-                       .where(Deployment.backend == backend)).first()
-    if row is None:
-        row = Deployment(version_id=version_id, backend=backend, status=status)
-    row.status = status
-    row.endpoints = list(endpoints)
-    row.log_excerpt = log_excerpt
-    row.updated_at = utcnow()
-    session.add(row)
-
-
-def get_deployment(session: Session, version_id: int) -> Deployment | None:
-    """The newest deployment row of a version."""
-    return session.exec(select(Deployment).where(Deployment.version_id == version_id)
-                        .order_by(col(Deployment.updated_at).desc())).first()
-
-
+# ----------------------------------------------------------------------------------------------- audit
 def audit(session: Session, *, actor: str, action: str, model: str, version: str | None = None,
           alias: str | None = None, from_version: str | None = None, to_version: str | None = None,
           reason: str = "", details: dict[str, Any] | None = None) -> None:
@@ -420,28 +386,3 @@ def audit_log(session: Session, *, model: str | None = None, limit: int = 100) -
     rows = session.exec(query.order_by(col(AuditEntry.id).desc()).limit(limit)).all()
     return list(reversed(rows))
 
-
-# ----------------------------------------------------------------------------------------------- routes
-def set_route_weight(session: Session, *, model: str, version: str, weight: int) -> None:
-    """Send ``weight`` percent of the model's PROD traffic to ``version``; 0 removes the route."""
-    row = session.exec(select(RouteWeight).where(RouteWeight.model == model)
-                       .where(RouteWeight.version == version)).first()
-    if weight <= 0:
-        if row is not None:
-            session.delete(row)
-        return
-    row = row or RouteWeight(model=model, version=version)
-    row.weight = min(100, weight)
-    row.updated_at = utcnow()
-    session.add(row)
-
-
-def route_weights(session: Session, model: str) -> dict[str, int]:
-    """Canary weights of a model by version."""
-    return {r.version: r.weight for r in session.exec(select(RouteWeight).where(RouteWeight.model == model)).all()}
-
-
-def clear_routes(session: Session, model: str) -> None:
-    """Drop every canary route of a model (PROD takes all traffic again)."""
-    for row in session.exec(select(RouteWeight).where(RouteWeight.model == model)).all():
-        session.delete(row)

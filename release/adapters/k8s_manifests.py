@@ -2,14 +2,8 @@
 
 This module is pure: plain dicts in, plain dicts out, no ``kubernetes`` import and no I/O, so the CLI can
 print exactly what the Kubernetes serving backend would apply and tests can validate it against the
-Kubernetes OpenAPI schemas offline. ``kubernetes_serving`` applies what this module renders.
-
-Names. Model names and versions allow characters, lengths and leading digits that Kubernetes names and
-label values do not (``V1.0_rc``, ``2024.01``, a 64-character version). ``object_name`` maps a
-(model, version) pair to a DNS-1035 label (the strictest rule, the one Services need): lowercase, ``-`` for
-anything else, a letter first, at most 63 characters, ending in a short hash of the *real* pair so that
-``V1`` and ``v1`` or two long versions sharing a prefix never collide. The real values travel in
-annotations; labels carry them only when they are valid label values, else a mapped value of the same kind.
+Kubernetes OpenAPI schemas offline. ``kubernetes_serving`` applies what this module renders; what the
+objects are called and how they are labelled comes from ``k8s_names``.
 
 Model files reach the pod in one of two ways (``ServingOptions.model_source``):
 
@@ -27,25 +21,16 @@ the per-pod average over a short window (``deploy/k8s/metrics-adapter`` has the 
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from release.adapters.k8s_names import metadata, object_name, selector_labels
 from release.ports import DeploymentSpec
 from schemas.errors import PermanentError, Reason
 
 Manifest = dict[str, Any]
 
 SERVER_PORT = 8080
-PART_OF = "model-release"
-APP_NAME = "model-server"
-
-_HASH_LEN = 10
-_MAX_NAME = 63  # DNS-1035 label: Service names must be one, and one name serves every object of a version
-_MAX_LABEL_VALUE = 63
-_LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?")
-_NOT_NAME_CHARS = re.compile(r"[^a-z0-9]+")
 
 _MODELS_DIR = "/models"
 _TMP_DIR = "/tmp"  # noqa: S108 - an emptyDir mounted there, not the image's shared /tmp
@@ -117,72 +102,6 @@ class ServingOptions:
 
 DEFAULT_OPTIONS = ServingOptions()
 
-
-# --------------------------------------------------------------------------------------------- names
-def _digest(model: str, version: str) -> str:
-    return hashlib.sha256(f"{model}\x00{version}".encode()).hexdigest()[:_HASH_LEN]
-
-
-def _slug(value: str) -> str:
-    return _NOT_NAME_CHARS.sub("-", value.lower()).strip("-")
-
-
-def object_name(model: str, version: str) -> str:
-    """The one name of every object of a version: a DNS-1035 label, deterministic, unique per pair."""
-    stem = "-".join(part for part in (_slug(model), _slug(version)) if part)
-    if not stem[:1].isalpha():
-        stem = f"m-{stem}"
-    stem = stem[: _MAX_NAME - 1 - _HASH_LEN].rstrip("-")
-    return f"{stem}-{_digest(model, version)}"
-
-
-def label_value(value: str) -> str:
-    """``value`` when Kubernetes accepts it as a label value, else a mapped value that it accepts."""
-    if len(value) <= _MAX_LABEL_VALUE and _LABEL_VALUE.fullmatch(value):
-        return value
-    digest = hashlib.sha256(value.encode()).hexdigest()[:_HASH_LEN]
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("._-")[: _MAX_LABEL_VALUE - 1 - _HASH_LEN]
-    stem = stem.rstrip("._-")
-    return f"{stem}-{digest}" if stem else digest
-
-
-def service_url(model: str, version: str, *, namespace: str) -> str:
-    """The in-cluster URL of a version's Service."""
-    return f"http://{object_name(model, version)}.{namespace}.svc.cluster.local:{SERVER_PORT}"
-
-
-def selector_labels(model: str, version: str) -> dict[str, str]:
-    """The labels that pick a version's pods (immutable in a Deployment once created)."""
-    return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": object_name(model, version)}
-
-
-def _labels(spec: DeploymentSpec) -> dict[str, str]:
-    return {
-        **selector_labels(spec.model, spec.version),
-        "app.kubernetes.io/version": label_value(spec.version),
-        "app.kubernetes.io/component": "serving",
-        "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/managed-by": PART_OF,
-        "modelrelease.dev/model": label_value(spec.model),
-        "modelrelease.dev/version": label_value(spec.version),
-    }
-
-
-def _annotations(spec: DeploymentSpec) -> dict[str, str]:
-    return {
-        "modelrelease.dev/model": spec.model,
-        "modelrelease.dev/version": spec.version,
-        "modelrelease.dev/artifact-uri": spec.artifact_uri,
-    }
-
-
-def _metadata(spec: DeploymentSpec, *, namespace: str) -> dict[str, Any]:
-    return {
-        "name": object_name(spec.model, spec.version),
-        "namespace": namespace,
-        "labels": _labels(spec),
-        "annotations": _annotations(spec),
-    }
 
 
 # --------------------------------------------------------------------------------------------- pod
@@ -350,7 +269,7 @@ def _pod_spec(spec: DeploymentSpec, options: ServingOptions) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- objects
 def _deployment(spec: DeploymentSpec, *, namespace: str, options: ServingOptions) -> Manifest:
-    meta = _metadata(spec, namespace=namespace)
+    meta = metadata(spec, namespace=namespace)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -373,13 +292,18 @@ def _service(spec: DeploymentSpec, *, namespace: str) -> Manifest:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(spec, namespace=namespace),
+        "metadata": metadata(spec, namespace=namespace),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(spec.model, spec.version),
             "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
+
+
+def service_url(model: str, version: str, *, namespace: str) -> str:
+    """The in-cluster URL of a version's Service."""
+    return f"http://{object_name(model, version)}.{namespace}.svc.cluster.local:{SERVER_PORT}"
 
 
 def _quantity(seconds: float) -> str:
@@ -396,7 +320,7 @@ def _hpa(spec: DeploymentSpec, *, namespace: str, options: ServingOptions) -> Ma
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": _metadata(spec, namespace=namespace),
+        "metadata": metadata(spec, namespace=namespace),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
                                "name": object_name(spec.model, spec.version)},
@@ -425,7 +349,7 @@ def _pod_monitoring(spec: DeploymentSpec, *, namespace: str) -> Manifest:
     return {
         "apiVersion": "monitoring.googleapis.com/v1",
         "kind": "PodMonitoring",
-        "metadata": _metadata(spec, namespace=namespace),
+        "metadata": metadata(spec, namespace=namespace),
         "spec": {
             "selector": {"matchLabels": selector_labels(spec.model, spec.version)},
             "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s", "timeout": "10s"}],

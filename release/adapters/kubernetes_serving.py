@@ -1,7 +1,8 @@
 """The Kubernetes serving backend: each version runs as its own Deployment + Service + HPA (+ PodMonitoring).
 
-It implements ``release.ports.ServingBackend`` with the official ``kubernetes`` client and is the only module
-that imports it. What to run comes from ``k8s_manifests`` (pure); this module only talks to the API server:
+It implements ``release.ports.ServingBackend`` with the official ``kubernetes`` client; only it and
+``k8s_errors`` (the client's exceptions as ours) import that client. What to run comes from ``k8s_manifests``
+(pure); this module only talks to the API server:
 
 * ``deploy`` server-side applies every rendered object (``application/apply-patch+yaml``, one field manager,
   ``force``), so applying the same version again is a no-op and a changed render wins over manual edits.
@@ -12,18 +13,17 @@ that imports it. What to run comes from ``k8s_manifests`` (pure); this module on
   complete the way ``kubectl rollout status`` defines it. On timeout, or once the Deployment reports
   ``ProgressDeadlineExceeded``, it raises ``PermanentError(ROLLOUT_FAILED)`` whose details carry the pods'
   phases, conditions, container states and log tails: the excerpt a person reads to see why.
-* Vendor errors never leave this module: 429, 5xx and connection failures become ``TemporaryError``
-  (redeliver later), other API refusals (409 field conflicts, 422 invalid objects, 403 missing RBAC)
-  ``PermanentError``.
+* Vendor errors never leave this module: every API call runs in ``k8s_errors.api_errors``, which turns
+  429, 5xx and connection failures into ``TemporaryError`` (redeliver later), other API refusals (409 field
+  conflicts, 422 invalid objects, 403 missing RBAC) into ``PermanentError``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable, Generator, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Generator
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,33 +31,23 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError, ProtocolError, ReadTimeoutError
 
+from release.adapters.k8s_errors import api_errors
 from release.adapters.k8s_manifests import (
     DEFAULT_OPTIONS,
     Manifest,
     ServingOptions,
     min_replicas,
-    object_name,
     render_version,
-    selector_labels,
     service_url,
 )
+from release.adapters.k8s_names import object_name, selector_labels
 from release.ports import DeploymentSpec, DeploymentStatus
-from schemas.errors import PermanentError, Reason, ReleaseError, TemporaryError
+from schemas.errors import PermanentError, Reason
 
 _APPLY_PATCH = "application/apply-patch+yaml"
 _PODMONITORING = ("monitoring.googleapis.com", "v1", "podmonitorings")
 _EXCERPT_CHARS = 8000
 _MAX_PODS_DESCRIBED = 3
-
-# Why an API refusal cannot be retried, and what a person does about it.
-_HINTS: dict[int, str] = {
-    401: "The control plane's credentials were refused: check its kubeconfig or service account token.",
-    403: "The control plane's service account lacks RBAC for this: apply deploy/k8s/rbac.yaml.",
-    404: "The namespace or the PodMonitoring CRD is missing: create the namespace, or install Google "
-         "Managed Prometheus, or render without PodMonitoring.",
-    409: "Another field manager owns fields of this object: remove that manager's edits.",
-    422: "The API server rejected the rendered object: print it with the CLI and check the serving options.",
-}
 
 
 @dataclass(frozen=True)
@@ -67,45 +57,6 @@ class _Kind:
     apply: Callable[[str, Manifest], Any]
     create: Callable[[Manifest], Any]
     delete: Callable[[str], Any]
-
-
-def _api_message(error: ApiException) -> str:
-    try:
-        body = json.loads(error.body or "")
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return str(error.reason or "no reason given")
-
-
-def _retry_after(error: ApiException) -> float:
-    value = (error.headers or {}).get("Retry-After")
-    try:
-        return max(1.0, float(value)) if value is not None else 5.0
-    except ValueError:
-        return 5.0
-
-
-def _translate(error: ApiException, *, doing: str) -> ReleaseError:
-    status = int(error.status or 0)
-    message = f"Kubernetes API answered {status or 'nothing'} while {doing}: {_api_message(error)}"
-    details = {"status": status, "doing": doing}
-    if status == 0 or status == 429 or status >= 500:
-        return TemporaryError(message, delay=_retry_after(error), details=details)
-    return PermanentError(message, reason=Reason.ROLLOUT_FAILED, details=details,
-                          hint=_HINTS.get(status, "Read the API server's message above."))
-
-
-@contextmanager
-def _vendor_errors(doing: str) -> Iterator[None]:
-    try:
-        yield
-    except ApiException as e:
-        raise _translate(e, doing=doing) from e
-    except HTTPError as e:
-        raise TemporaryError(f"Kubernetes API unreachable while {doing}: {e}", delay=10.0,
-                             details={"doing": doing}) from e
 
 
 def _default_client(*, kubeconfig: str | None, context: str | None) -> client.ApiClient:
@@ -224,7 +175,7 @@ class KubernetesServingBackend:
         want = min_replicas(spec, self._options)
         deadline = time.monotonic() + timeout_s
         last: client.V1Deployment | None = None
-        with _vendor_errors(f"watching Deployment {name}"):
+        with api_errors(f"watching Deployment {name}"):
             while (remaining := deadline - time.monotonic()) > 0:
                 with closing(self._deployment_events(name, window_s=min(remaining, self._watch_window_s))) \
                         as events:
@@ -243,7 +194,7 @@ class KubernetesServingBackend:
     def status(self, model: str, version: str) -> DeploymentStatus | None:
         """What the Deployment reports, or None when the version has none."""
         name = object_name(model, version)
-        with _vendor_errors(f"reading Deployment {name}"):
+        with api_errors(f"reading Deployment {name}"):
             try:
                 deployment = self._apps.read_namespaced_deployment(
                     name, self._namespace, _request_timeout=self._timeout)
@@ -257,7 +208,7 @@ class KubernetesServingBackend:
         """Delete the version's objects, autoscaler first so it cannot scale what is being removed."""
         name = object_name(model, version)
         for kind in ("HorizontalPodAutoscaler", "PodMonitoring", "Service", "Deployment"):
-            with _vendor_errors(f"deleting {kind} {name}"):
+            with api_errors(f"deleting {kind} {name}"):
                 try:
                     self._kinds[kind].delete(name)
                 except ApiException as e:
@@ -311,7 +262,7 @@ class KubernetesServingBackend:
     def _apply(self, manifest: Manifest) -> Any:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         calls = self._kinds[kind]
-        with _vendor_errors(f"applying {kind} {name}"):
+        with api_errors(f"applying {kind} {name}"):
             try:
                 return calls.apply(name, manifest)
             except ApiException as e:

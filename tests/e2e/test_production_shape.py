@@ -12,14 +12,15 @@ What runs, and what stands in for Google Cloud:
   reaches the controller through the real adapter.
 * GKE: kmock behind the real ``kubernetes`` client and the real serving backend (configured by a kubeconfig
   file, as outside a cluster).
-  kmock runs no pods, so a small kubelet stand-in in this test watches for the version's Deployment and runs
-  what it declares: the init container's copy of the artifact from the bucket, then the server container's
-  own command (``python -m handlers.server`` with the rendered arguments, ``/models`` mapped to a temp folder
-  and the port to a free one). When that real pod server passes the readiness probe the Deployment declares,
-  the stand-in patches the Deployment's status ready, as the Deployment controller would.
+  kmock runs no pods, so a small kubelet stand-in (``Kubelet`` in ``tests/e2e/kmock_cluster.py``) watches for
+  the version's Deployment and runs what it declares: the init container's copy of the artifact from the
+  bucket, then the server container's own command (``python -m handlers.server`` with the rendered arguments,
+  ``/models`` mapped to a temp folder and the port to a free one). When that real pod server passes the
+  readiness probe the Deployment declares, the stand-in patches the Deployment's status ready, as the
+  Deployment controller would.
 * Cluster DNS: the Service URL the backend reports (``http://NAME.NS.svc.cluster.local:8080``) cannot resolve
-  here, so ``ClusterDns`` wraps the serving backend and maps each Service URL to the pod process started for
-  it. That mapping is the one override: the gates then send real inference requests to the real pod.
+  here, so ``ClusterDns`` (same module) wraps the serving backend and maps each Service URL to the pod process
+  started for it. That mapping is the one override: the gates then send real inference requests to the real pod.
 
 The controller runs in the test process: ``bootstrap`` with ``RELEASE_SERVING=kubernetes`` builds it, the
 backend being the one ``bootstrap`` makes, given the kubeconfig file and wrapped in ``ClusterDns``.
@@ -48,23 +49,23 @@ import yaml
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import pubsub_v1, storage
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
-from kubernetes import client, watch
+from kubernetes import client
 from sqlalchemy.engine import Engine
-from urllib3.exceptions import ProtocolError, ReadTimeoutError
 
 from release import journal, registry
-from release.adapters.k8s_manifests import ServingOptions, object_name
+from release.adapters.k8s_manifests import ServingOptions
+from release.adapters.k8s_names import object_name
 from release.adapters.kubernetes_serving import KubernetesServingBackend
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
 from release.db import session_scope
-from release.ports import DeploymentSpec, DeploymentStatus, ServingBackend
 from release.settings import Settings
 from release.worker import Consumer
 from schemas.states import VersionState
 from tests.artifacts import DigitsMLP, manifest_for, npz_bytes, torchscript_bytes
 from tests.conftest import pg_schema_engine
+from tests.e2e.kmock_cluster import ClusterDns, Kubelet
 from tests.servers.functions import start_function
-from tests.servers.gcs_server import GcsServer, free_port
+from tests.servers.gcs_server import GcsServer
 from tests.servers.kube_server import running_kube
 from tests.servers.pubsub_server import PubSubServer
 
@@ -139,144 +140,6 @@ def env(tmp_path: Path, postgres: tuple[Engine, str], pubsub: str, gcs: tuple[Gc
     return {**os.environ, **values, "PYTHONPATH": str(ROOT)}
 
 
-# ------------------------------------------------------------------------------------------------ the cluster
-class Kubelet:
-    """Runs the pods kmock cannot: for each new Deployment, its init container's copy and its server command."""
-
-    def __init__(self, *, api: client.ApiClient, bucket: storage.Bucket, root: Path) -> None:
-        self._api = api
-        self._apps = client.AppsV1Api(api)
-        self._bucket = bucket
-        self._root = root
-        self._stop = threading.Event()
-        self._pods: dict[str, subprocess.Popen[bytes]] = {}
-        self.addresses: dict[str, str] = {}  # Deployment name -> http://127.0.0.1:PORT
-        self.errors: list[BaseException] = []
-        self._thread = threading.Thread(target=self._run, name="kubelet", daemon=True)
-
-    def __enter__(self) -> Kubelet:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        for pod in self._pods.values():
-            pod.send_signal(signal.SIGTERM)
-        for pod in self._pods.values():
-            try:
-                pod.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pod.kill()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            stream = watch.Watch().stream(self._apps.list_namespaced_deployment, NAMESPACE,
-                                          _request_timeout=(5, 1))
-            try:
-                for event in stream:
-                    deployment = self._api.sanitize_for_serialization(event["object"])
-                    if event["type"] != "DELETED" and deployment["metadata"]["name"] not in self._pods:
-                        self._start(deployment)
-                    if self._stop.is_set():
-                        return
-            except (ReadTimeoutError, ProtocolError):
-                continue  # the read timeout ends one window of the watch (kmock ignores watch timeouts)
-            except Exception as e:  # reported by the test instead of dying silently in this thread
-                self.errors.append(e)
-                return
-
-    def _start(self, deployment: dict[str, Any]) -> None:
-        name: str = deployment["metadata"]["name"]
-        pod = deployment["spec"]["template"]["spec"]
-        root = self._root / name
-        mapped = {"/models": str(root / "models"), "/tmp": str(root / "tmp")}
-
-        def local(value: str) -> str:
-            for pod_path, here in mapped.items():
-                if value == pod_path or value.startswith(pod_path + "/"):
-                    return here + value[len(pod_path):]
-            return value
-
-        # The init container: `gcloud storage rsync SOURCE DEST` of the artifact's prefix.
-        source, dest = pod["initContainers"][0]["command"][-2:]
-        prefix = source.removeprefix(f"gs://{BUCKET}/").rstrip("/") + "/"
-        for blob in self._bucket.list_blobs(prefix=prefix):
-            target = Path(local(dest)) / blob.name[len(prefix):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            blob.download_to_filename(str(target))
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
-        # The server container, with its own command and arguments; only addresses and mounts differ.
-        server = pod["containers"][0]
-        port = free_port()
-        args = [local(a) for a in server["args"]]
-        args[args.index("--host") + 1], args[args.index("--port") + 1] = "127.0.0.1", str(port)
-        env = {**os.environ, **{e["name"]: local(e["value"]) for e in server["env"]}, "PYTHONPATH": str(ROOT)}
-        with (root / "server.log").open("wb") as log:
-            self._pods[name] = subprocess.Popen([sys.executable, *server["command"][1:], *args], env=env, cwd=ROOT,
-                                                stdout=log, stderr=subprocess.STDOUT)
-        address = f"http://127.0.0.1:{port}"
-        # The readiness probe the Deployment declares, run the way the kubelet runs it.
-        probe = server["readinessProbe"]["httpGet"]["path"]
-        deadline = time.monotonic() + 120
-        while not self._ready(address + probe):
-            if self._pods[name].poll() is not None or time.monotonic() > deadline:
-                self.errors.append(RuntimeError(f"pod {name} never ready: {(root / 'server.log').read_text()}"))
-                return
-            self._stop.wait(0.2)  # the probe's period: readiness is only known by asking
-        self.addresses[name] = address
-        # What the Deployment controller would report once the pod is ready.
-        self._apps.patch_namespaced_deployment_status(name, NAMESPACE, {
-            "metadata": {"generation": 1},
-            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
-                       "availableReplicas": 1}})
-
-    @staticmethod
-    def _ready(url: str) -> bool:
-        try:
-            return httpx.get(url, timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-
-@dataclasses.dataclass
-class ClusterDns:
-    """The serving backend with cluster DNS: each Service URL it reports maps to the pod process serving it."""
-
-    backend: ServingBackend
-    kubelet: Kubelet
-
-    @property
-    def name(self) -> str:
-        """The wrapped backend's name (stored with deployments)."""
-        return self.backend.name
-
-    def deploy(self, spec: DeploymentSpec) -> DeploymentStatus:
-        """Apply through the real backend."""
-        return self._resolve(self.backend.deploy(spec))
-
-    def wait_ready(self, spec: DeploymentSpec, *, timeout_s: float) -> DeploymentStatus:
-        """Watch through the real backend."""
-        return self._resolve(self.backend.wait_ready(spec, timeout_s=timeout_s))
-
-    def status(self, model: str, version: str) -> DeploymentStatus | None:
-        """Read through the real backend."""
-        status = self.backend.status(model, version)
-        return None if status is None else self._resolve(status)
-
-    def retire(self, model: str, version: str) -> None:
-        """Delete through the real backend."""
-        self.backend.retire(model, version)
-
-    def close(self) -> None:
-        """Close the real backend."""
-        self.backend.close()
-
-    def _resolve(self, status: DeploymentStatus) -> DeploymentStatus:
-        pod = self.kubelet.addresses.get(object_name(status.model, status.version))
-        return status if pod is None else dataclasses.replace(status, endpoints=(pod,))
-
-
 # ------------------------------------------------------------------------------------------------ helpers
 def _upload_model(bucket: storage.Bucket) -> None:
     """A TorchScript digits model with an eval set it classifies correctly, its policy, the manifest last."""
@@ -333,61 +196,51 @@ def _await_prod(subscriber: pubsub_v1.SubscriberClient, subscription: str, kubel
     raise AssertionError(f"PROD did not move within {timeout_s} s; events seen: {seen}")
 
 
-# ------------------------------------------------------------------------------------------------ the test
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_upload_to_live_through_gcs_function_pubsub_postgres_and_kubernetes(
-        env: dict[str, str], tmp_path: Path, gcs: tuple[GcsServer, storage.Bucket], pubsub: str,
-        postgres: tuple[Engine, str], kube: str) -> None:
-    """A model uploaded to the bucket goes LIVE behind PROD: function intake, Pub/Sub, PostgreSQL, kmock, real gates."""
-    _, bucket = gcs
+def _release_setup(env: dict[str, str]) -> None:
+    """``release setup`` as a deployment runs it: migrations, topics and subscriptions."""
     setup = subprocess.run([sys.executable, "-m", "app.cli", "setup", "--json"], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=120, check=False)
     assert setup.returncode == 0, setup.stderr
+
+
+def _observe_model_events(pubsub: str) -> tuple[pubsub_v1.SubscriberClient, str]:
+    """A subscriber client and a subscription of its own on model-events, to see what goes over Pub/Sub."""
     subscriber = pubsub_v1.SubscriberClient(
         transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(pubsub)))
     observer = f"projects/{PROJECT}/subscriptions/e2e-observer"
     subscriber.create_subscription(request={"name": observer, "topic": f"projects/{PROJECT}/topics/model-events"})
+    return subscriber, observer
 
-    function, function_url = _start_function(env, tmp_path)
-    app: App = bootstrap(Settings())
-    api = client.ApiClient(client.Configuration(host=kube))
-    stop = threading.Event()
-    try:
-        with Kubelet(api=api, bucket=bucket, root=tmp_path / "pods") as kubelet:
-            # The controller of `release up --only controller`, with cluster DNS for the Service URLs.
-            backend = KubernetesServingBackend(namespace=app.settings.k8s_namespace, kubeconfig=env["KUBECONFIG"],
-                                               options=ServingOptions(image=app.settings.k8s_image))
-            app = dataclasses.replace(app, _serving=ClusterDns(backend=backend, kubelet=kubelet))
-            app.ensure_subscriptions()
-            consumer = Consumer(bus=app.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=app.controller.handle)
-            controller = threading.Thread(target=consumer.run, args=(stop,), name="controller", daemon=True)
-            controller.start()
 
-            _upload_model(bucket)
-            answer = _eventarc_post(function_url, bucket.blob(f"models/{MODEL}/{VERSION}/manifest.json"))
-            assert answer.status_code == 200, answer.text
+def _with_cluster_dns(app: App, kubelet: Kubelet, *, kubeconfig: str) -> App:
+    """``app`` with the real Kubernetes backend, given the kubeconfig file, behind ``ClusterDns``."""
+    backend = KubernetesServingBackend(namespace=app.settings.k8s_namespace, kubeconfig=kubeconfig,
+                                       options=ServingOptions(image=app.settings.k8s_image))
+    return dataclasses.replace(app, _serving=ClusterDns(backend=backend, kubelet=kubelet))
 
-            seen = _await_prod(subscriber, observer, kubelet, timeout_s=240)
-            stop.set()
-            controller.join(timeout=30)
 
-            name = object_name(MODEL, VERSION)
-            objects: dict[str, Any] = {
-                "Deployment": client.AppsV1Api(api).read_namespaced_deployment(name, NAMESPACE),
-                "Service": client.CoreV1Api(api).read_namespaced_service(name, NAMESPACE),
-                "HorizontalPodAutoscaler": client.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler(
-                    name, NAMESPACE),
-            }
-    finally:
-        stop.set()
-        app.close()
-        api.close()
-        subscriber.close()
-        function.send_signal(signal.SIGTERM)
-        function.wait(timeout=15)
+def _start_controller(app: App, stop: threading.Event) -> threading.Thread:
+    """The controller of ``release up --only controller``: its consumer loop on a thread until ``stop``."""
+    app.ensure_subscriptions()
+    consumer = Consumer(bus=app.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=app.controller.handle)
+    controller = threading.Thread(target=consumer.run, args=(stop,), name="controller", daemon=True)
+    controller.start()
+    return controller
 
-    engine = postgres[0]
+
+def _served_objects(api: client.ApiClient) -> dict[str, Any]:
+    """The version's Deployment, Service and HorizontalPodAutoscaler as the API server holds them."""
+    name = object_name(MODEL, VERSION)
+    return {
+        "Deployment": client.AppsV1Api(api).read_namespaced_deployment(name, NAMESPACE),
+        "Service": client.CoreV1Api(api).read_namespaced_service(name, NAMESPACE),
+        "HorizontalPodAutoscaler": client.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler(
+            name, NAMESPACE),
+    }
+
+
+def _assert_live(engine: Engine, *, seen: list[str], objects: dict[str, Any]) -> None:
+    """The version is LIVE behind PROD with passing gates, its events in order in the journal and on Pub/Sub."""
     with session_scope(engine) as s:
         version = registry.get_version(s, MODEL, VERSION)
         prod = registry.find_alias(s, MODEL, "PROD")
@@ -404,3 +257,41 @@ def test_upload_to_live_through_gcs_function_pubsub_postgres_and_kubernetes(
     assert types.index("model.registered") < types.index("rollout.ready") < types.index("gates.evaluated")
     assert all(o.metadata.annotations["modelrelease.dev/version"] == VERSION for o in objects.values())
 
+
+# ------------------------------------------------------------------------------------------------ the test
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_upload_to_live_through_gcs_function_pubsub_postgres_and_kubernetes(
+        env: dict[str, str], tmp_path: Path, gcs: tuple[GcsServer, storage.Bucket], pubsub: str,
+        postgres: tuple[Engine, str], kube: str) -> None:
+    """A model uploaded to the bucket goes LIVE behind PROD: function intake, Pub/Sub, PostgreSQL, kmock, real gates."""
+    _, bucket = gcs
+    _release_setup(env)
+    subscriber, observer = _observe_model_events(pubsub)
+
+    function, function_url = _start_function(env, tmp_path)
+    app: App = bootstrap(Settings())
+    api = client.ApiClient(client.Configuration(host=kube))
+    stop = threading.Event()
+    try:
+        with Kubelet(api=api, namespace=NAMESPACE, bucket=bucket, root=tmp_path / "pods") as kubelet:
+            app = _with_cluster_dns(app, kubelet, kubeconfig=env["KUBECONFIG"])
+            controller = _start_controller(app, stop)
+
+            _upload_model(bucket)
+            answer = _eventarc_post(function_url, bucket.blob(f"models/{MODEL}/{VERSION}/manifest.json"))
+            assert answer.status_code == 200, answer.text
+
+            seen = _await_prod(subscriber, observer, kubelet, timeout_s=240)
+            stop.set()
+            controller.join(timeout=30)
+            objects = _served_objects(api)
+    finally:
+        stop.set()
+        app.close()
+        api.close()
+        subscriber.close()
+        function.send_signal(signal.SIGTERM)
+        function.wait(timeout=15)
+
+    _assert_live(postgres[0], seen=seen, objects=objects)

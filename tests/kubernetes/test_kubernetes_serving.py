@@ -12,7 +12,8 @@ import kmock
 import pytest
 from kubernetes import client
 
-from release.adapters.k8s_manifests import object_name, service_url
+from release.adapters.k8s_manifests import service_url
+from release.adapters.k8s_names import object_name
 from release.adapters.kubernetes_serving import KubernetesServingBackend
 from release.ports import DeploymentSpec
 from schemas.errors import PermanentError, Reason, TemporaryError

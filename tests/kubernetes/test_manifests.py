@@ -11,13 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from release.adapters.k8s_manifests import (
-    ServingOptions,
-    Toleration,
-    label_value,
-    object_name,
-    render_version,
-)
+from release.adapters.k8s_manifests import ServingOptions, Toleration, render_version
+from release.adapters.k8s_names import label_value, object_name
 from release.ports import DeploymentSpec
 from schemas.errors import PermanentError
 

@@ -18,8 +18,9 @@ from sklearn.datasets import load_digits
 from sqlalchemy.engine import Engine
 from sqlmodel import func, select
 
+from monitoring.alert_webhooks import post_json
 from monitoring.metrics import DriftMetrics
-from monitoring.monitor import MONITOR_SUBSCRIPTION, DriftMonitor, post_json, subscriptions
+from monitoring.monitor import MONITOR_SUBSCRIPTION, DriftMonitor, subscriptions
 from release import journal, registry
 from release.adapters.local_bus import LocalEventBus
 from release.db import session_factory, session_scope

@@ -23,7 +23,7 @@ from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcT
 
 from monitoring.monitor import subscriptions as monitor_subscriptions
 from release import cli, registry, stack
-from release.adapters.k8s_manifests import object_name
+from release.adapters.k8s_names import object_name
 from release.db import make_engine, migrate, session_scope
 from tests.kubernetes.test_manifests import validate
 from tests.servers.pubsub_server import PubSubServer
