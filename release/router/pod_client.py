@@ -13,9 +13,12 @@ from dataclasses import dataclass
 
 import aiohttp
 import orjson
+import structlog
 from prometheus_client import Counter
 
 from schemas.errors import Reason
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,12 @@ class PodClient:
                           upstream_s=self._clock() - t0, refused=_not_ready(resp.status, payload))
         except aiohttp.ClientConnectorError as exc:
             # Connection refused or reset before sending: the pod never saw it, another pod may take it.
+            log.warning("router.pod_unreachable", url=url, error=str(exc))
             return Answer(status=503, refused=True, body=orjson.dumps(
                 {"error": f"pod unreachable: {exc}", "reason": str(Reason.UNAVAILABLE)}))
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The pod may have run it (disconnect mid-answer, timeout): answer, never retry.
+            log.warning("router.pod_failed", url=url, error=f"{type(exc).__name__}: {exc}")
             return Answer(status=504 if isinstance(exc, TimeoutError) else 502, upstream_s=self._clock() - t0,
                           body=orjson.dumps({"error": f"pod failed: {type(exc).__name__}: {exc}",
                                              "reason": str(Reason.UNAVAILABLE)}))

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
+import structlog
 from prometheus_client import generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,6 +34,8 @@ from release.router.prediction_records import Exchange, prediction_records
 from release.router.route_table import PROD, RouteTable, Target
 from schemas.error_table import http_status, retry_after
 from schemas.errors import ReleaseError
+
+log = structlog.get_logger(__name__)
 
 
 class Router:
@@ -91,8 +94,14 @@ class Router:
 
     async def _proxy(self, request: Request, model: str, ref: str, style: str) -> Response:
         started = self._clock()
-        received = datetime.now(UTC)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        # Every log line of this request (pod refusals, stale routes, the lookup's thread) carries its id.
+        with structlog.contextvars.bound_contextvars(request_id=request_id, model=model):
+            return await self._handle(request, model, ref, style, request_id=request_id, started=started)
+
+    async def _handle(self, request: Request, model: str, ref: str, style: str, *, request_id: str,
+                      started: float) -> Response:
+        received = datetime.now(UTC)
         group_id = request.headers.get("x-group-request-id")
         headers = {"X-Request-ID": request_id}
         if group_id:
@@ -138,6 +147,7 @@ class Router:
             return target, version, answer
         # Every pod of the version refused before running the request: the cached route is stale (the version
         # was retired after an alias moved, within the cache TTL). Resolve afresh and go there once.
+        log.info("router.route_refused", version=version, pods=len(endpoints))
         self.table.invalidate(target.model)
         try:
             fresh = await asyncio.to_thread(self.table.lookup, target.model, ref)

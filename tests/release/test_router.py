@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 
 import numpy as np
+import structlog
 from sqlalchemy.engine import Engine
 
 from release import registry
@@ -54,6 +55,23 @@ def test_model_version_and_server_timing_headers_from_a_real_pod(sqlite_engine: 
     output = response.json()["outputs"][0]
     assert output["shape"] == [3, 10]
     assert np.allclose(np.asarray(output["data"]).reshape(3, 10).sum(axis=1), 1.0, atol=1e-4)
+
+
+def test_log_lines_of_a_request_carry_its_request_id(sqlite_engine: Engine, upstreams: dict[str, Upstream],
+                                                     serve_router: Callable[..., Harness]) -> None:
+    """What the router logs while handling a request carries that request's id and model, and nothing leaks."""
+    with session_scope(sqlite_engine) as s:
+        add_version(s, "1", [f"http://127.0.0.1:{free_port()}", upstreams["a"].url])
+    move_alias(sqlite_engine, "PROD", "1")
+    h = serve_router()
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        assert h.infer(**{"X-Request-ID": "r-logged"}).status_code == 200
+        assert h.infer(**{"X-Request-ID": "r-quiet"}).status_code == 200  # a live pod first: nothing to say
+    unreachable = [line for line in logs if line["event"] == "router.pod_unreachable"]
+    assert len(unreachable) == 1
+    assert unreachable[0]["request_id"] == "r-logged" and unreachable[0]["model"] == MODEL
+    assert all(line.get("request_id") == "r-logged" for line in logs)
+    assert structlog.contextvars.get_contextvars() == {}
 
 
 # ---------------------------------------------------------------------------------------------- errors
