@@ -2,7 +2,8 @@
 
 A request is tried on the next pod only when this one never ran it: the connection failed, or the pod refused
 with 503 not_ready (starting or draining). After a disconnect mid-answer or a timeout the pod may have run it,
-so that answer (502 or 504) is final. When every pod refused, the answer says so and the caller decides.
+so that answer (502 or 504) is final. When every pod refused, the answer says so and the caller decides. A pod's
+``Retry-After`` (a 429 queue_full) is kept with its answer for the client.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Answer:
     content_type: str = "application/json"
     upstream_s: float = 0.0
     refused: bool = False
+    retry_after: str | None = None
 
 
 class PodClient:
@@ -75,7 +77,8 @@ class PodClient:
                 payload = await resp.read()
                 content_type = resp.headers.get("content-type", "application/json")
             return Answer(status=resp.status, body=payload, content_type=content_type,
-                          upstream_s=self._clock() - t0, refused=_not_ready(resp.status, payload))
+                          upstream_s=self._clock() - t0, refused=_not_ready(resp.status, payload),
+                          retry_after=resp.headers.get("retry-after"))
         except aiohttp.ClientConnectorError as exc:
             # Connection refused or reset before sending: the pod never saw it, another pod may take it.
             log.warning("router.pod_unreachable", url=url, error=str(exc))

@@ -6,7 +6,7 @@
   cached route refused, the route is resolved afresh once (a rollback retires the old version's pods within the
   cache TTL).
 - Every response carries ``X-Request-ID`` (taken from the request or generated), ``X-Group-Request-ID`` when
-  given, ``X-Model-Version`` and ``Server-Timing``.
+  given, ``X-Model-Version`` and ``Server-Timing``; a pod's ``Retry-After`` is passed through.
 - Successful predictions are sampled at the version's drift policy rate and handed to the prediction logger.
 """
 
@@ -118,6 +118,8 @@ class Router:
         total = self._clock() - started
         headers.update({"X-Model-Version": version, "X-Model-Name": model,
                         "Server-Timing": f"upstream;dur={answer.upstream_s * 1000:.2f}, total;dur={total * 1000:.2f}"})
+        if answer.retry_after is not None:  # the pod knows when it will have room again; the client should too
+            headers["Retry-After"] = answer.retry_after
         self._metrics.requests.labels(model, version, str(answer.status)).inc()
         self._metrics.latency.labels(model).observe(total)
         self._metrics.overhead.observe(max(0.0, total - answer.upstream_s))

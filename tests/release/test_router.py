@@ -57,6 +57,22 @@ def test_model_version_and_server_timing_headers_from_a_real_pod(sqlite_engine: 
     assert np.allclose(np.asarray(output["data"]).reshape(3, 10).sum(axis=1), 1.0, atol=1e-4)
 
 
+def test_pod_retry_after_is_passed_to_the_client(sqlite_engine: Engine, upstreams: dict[str, Upstream],
+                                                 serve_router: Callable[..., Harness]) -> None:
+    """A pod's 429 queue_full reaches the client with the pod's Retry-After, and is not tried on another pod."""
+    with session_scope(sqlite_engine) as s:
+        add_version(s, "1", [upstreams["full"].url, upstreams["a"].url])
+    move_alias(sqlite_engine, "PROD", "1")
+    h = serve_router()
+    before = upstreams["a"].hits
+    full = h.infer()
+    assert full.status_code == 429 and full.json()["reason"] == "queue_full"
+    assert full.headers["retry-after"] == "3"
+    assert upstreams["a"].hits == before
+    served = h.infer()  # round robin: the next request goes to the pod with room
+    assert served.status_code == 200 and "retry-after" not in served.headers
+
+
 def test_log_lines_of_a_request_carry_its_request_id(sqlite_engine: Engine, upstreams: dict[str, Upstream],
                                                      serve_router: Callable[..., Harness]) -> None:
     """What the router logs while handling a request carries that request's id and model, and nothing leaks."""
