@@ -37,8 +37,8 @@ class Answer:
 class PodClient:
     """An aiohttp pool over all pods, with a round robin position per version."""
 
-    def __init__(self, *, timeout_s: float, retries: Counter, clock: Callable[[], float] = time.perf_counter,
-                 ) -> None:
+    def __init__(self, *, timeout_s: float, retries: Counter,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._retries = retries
         self._clock = clock
