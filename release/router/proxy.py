@@ -1,0 +1,178 @@
+"""The proxy: the router's HTTP face. Resolves alias -> version -> pods, forwards, answers with the pod's reply.
+
+- ``/v2/models/{m}/infer`` (alias PROD), ``/v2/models/{m}/versions/{ref}/infer``, ``/predictions/{m}/{ref}``,
+  ``/predict/{m}/{ref}``; ``ref`` is a version or an alias.
+- Canary weights split PROD traffic (``route_table``); pods are tried as ``pod_client`` says. When every pod of the
+  cached route refused, the route is resolved afresh once (a rollback retires the old version's pods within the
+  cache TTL).
+- Every response carries ``X-Request-ID`` (taken from the request or generated), ``X-Group-Request-ID`` when
+  given, ``X-Model-Version`` and ``Server-Timing``; a pod's ``Retry-After`` is passed through.
+- Successful predictions are sampled at the version's drift policy rate and handed to the prediction logger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import structlog
+from prometheus_client import generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from release.router.metrics import RouterMetrics
+from release.router.pod_client import Answer, PodClient
+from release.router.prediction_log import PredictionLogger
+from release.router.prediction_records import Exchange, prediction_records
+from release.router.route_table import PROD, RouteTable, Target
+from schemas.error_table import http_status, retry_after
+from schemas.errors import ReleaseError
+
+log = structlog.get_logger(__name__)
+
+
+class Router:
+    """The proxy: a Starlette app over a route table and a pool of pod connections.
+
+    ``clock`` times the upstream call and the whole request (Server-Timing, latency metrics); tests inject one.
+    """
+
+    def __init__(self, *, table: RouteTable, logger: PredictionLogger | None, metrics: RouterMetrics,
+                 timeout_s: float = 60.0, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.table = table
+        self._logger = logger
+        self._metrics = metrics
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._pods = PodClient(timeout_s=timeout_s, retries=metrics.retries, clock=clock)
+        metrics.cache_age.set(table.ttl_s)
+
+    async def startup(self) -> None:
+        """Open the keep-alive pool."""
+        await self._pods.open()
+
+    async def shutdown(self) -> None:
+        """Close the pool."""
+        await self._pods.close()
+
+    def routes(self) -> list[Route]:
+        """The router's routes."""
+        return [
+            Route("/v2/models/{model}/infer", self._infer_prod, methods=["POST"]),
+            Route("/v2/models/{model}/versions/{ref}/infer", self._infer_ref, methods=["POST"]),
+            Route("/predictions/{model}/{ref}", self._predictions, methods=["POST"]),
+            Route("/predictions/{model}", self._predictions, methods=["POST"]),
+            Route("/predict/{model}/{ref}", self._predict, methods=["POST"]),
+            Route("/predict/{model}", self._predict, methods=["POST"]),
+            Route("/v2/health/live", self._live, methods=["GET"]),
+            Route("/v2/health/ready", self._live, methods=["GET"]),
+            Route("/metrics", self._metrics_endpoint, methods=["GET"]),
+        ]
+
+    async def _live(self, _request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def _metrics_endpoint(self, _request: Request) -> Response:
+        return Response(generate_latest(self._metrics.registry), media_type="text/plain; version=0.0.4")
+
+    async def _infer_prod(self, request: Request) -> Response:
+        return await self._proxy(request, request.path_params["model"], PROD, "v2")
+
+    async def _infer_ref(self, request: Request) -> Response:
+        return await self._proxy(request, request.path_params["model"], request.path_params["ref"], "v2")
+
+    async def _predictions(self, request: Request) -> Response:
+        return await self._proxy(request, request.path_params["model"], request.path_params.get("ref", PROD), "ts")
+
+    async def _predict(self, request: Request) -> Response:
+        return await self._proxy(request, request.path_params["model"], request.path_params.get("ref", PROD), "v2")
+
+    async def _proxy(self, request: Request, model: str, ref: str, style: str) -> Response:
+        started = self._clock()
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        # Every log line of this request (pod refusals, stale routes, the lookup's thread) carries its id.
+        with structlog.contextvars.bound_contextvars(request_id=request_id, model=model):
+            return await self._handle(request, model, ref, style, request_id=request_id, started=started)
+
+    async def _handle(self, request: Request, model: str, ref: str, style: str, *, request_id: str,
+                      started: float) -> Response:
+        received = datetime.now(UTC)
+        group_id = request.headers.get("x-group-request-id")
+        headers = {"X-Request-ID": request_id}
+        if group_id:
+            headers["X-Group-Request-ID"] = group_id
+        try:
+            target = await asyncio.to_thread(self.table.lookup, model, ref)
+        except ReleaseError as error:
+            return self._refusal(error, model, headers)
+        body = await request.body()
+        path = f"/v2/models/{model}/infer" if style == "v2" else f"/predictions/{model}"
+        forward = {"content-type": request.headers.get("content-type", "application/json"),
+                   "x-request-id": request_id}
+        target, version, answer = await self._send(target, ref, path, body, forward)
+        total = self._clock() - started
+        headers.update({"X-Model-Version": version, "X-Model-Name": model,
+                        "Server-Timing": f"upstream;dur={answer.upstream_s * 1000:.2f}, total;dur={total * 1000:.2f}"})
+        if answer.retry_after is not None:  # the pod knows when it will have room again; the client should too
+            headers["Retry-After"] = answer.retry_after
+        self._metrics.requests.labels(model, version, str(answer.status)).inc()
+        self._metrics.latency.labels(model).observe(total)
+        self._metrics.overhead.observe(max(0.0, total - answer.upstream_s))
+        if answer.status < 400 and self._logger is not None and self._rng.random() < target.sample_rate:
+            exchange = Exchange(model=model, version=version, request_id=request_id, group_id=group_id,
+                                received_at=received, completed_at=datetime.now(UTC), latency_s=total,
+                                request_body=body, answer_body=answer.body)
+            for record in prediction_records(exchange):
+                self._logger.offer(record)
+        return Response(answer.body, status_code=answer.status, media_type=answer.content_type, headers=headers)
+
+    def _refusal(self, error: ReleaseError, model: str, headers: dict[str, str]) -> Response:
+        """The answer when the request cannot be routed: the error table's status, reason and hint."""
+        status = http_status(error)
+        if (wait := retry_after(error)) is not None:
+            headers["Retry-After"] = wait
+        self._metrics.requests.labels(model, "-", str(status)).inc()
+        return JSONResponse({"error": error.message, "reason": str(error.reason), "hint": error.hint},
+                            status_code=status, headers=headers)
+
+    async def _send(self, target: Target, ref: str, path: str, body: bytes,
+                    forward: dict[str, str]) -> tuple[Target, str, Answer]:
+        """Send to the target's pods; when all refused, once more to a freshly resolved route if it differs."""
+        version, endpoints = target.pick(self._rng)
+        answer = await self._pods.send(version, endpoints, path, body, forward)
+        if not answer.refused:
+            return target, version, answer
+        # Every pod of the version refused before running the request: the cached route is stale (the version
+        # was retired after an alias moved, within the cache TTL). Resolve afresh and go there once.
+        log.info("router.route_refused", version=version, pods=len(endpoints))
+        self.table.invalidate(target.model)
+        try:
+            fresh = await asyncio.to_thread(self.table.lookup, target.model, ref)
+        except ReleaseError:
+            return target, version, answer
+        again = fresh.pick(self._rng)
+        if again == (version, endpoints):
+            return target, version, answer
+        return fresh, again[0], await self._pods.send(*again, path, body, forward)
+
+
+def build_router_app(router: Router, *, extra_routes: list[Route] | None = None) -> Starlette:
+    """The Starlette app of the router (plus any management routes)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await router.startup()
+        try:
+            yield
+        finally:
+            await router.shutdown()
+
+    return Starlette(routes=[*router.routes(), *(extra_routes or [])], lifespan=lifespan)
