@@ -27,26 +27,19 @@ and acks it, so nothing is dropped and the reason travels with it. Pub/Sub's own
 as the backstop for a consumer that dies on every attempt before it can nack; Pub/Sub only accepts 5..100
 attempts there, so ``max_attempts`` outside that range is clamped for the backstop only.
 
-``backlog`` can only count what this process knows, because Pub/Sub cannot cheaply report a subscription's
-server-side backlog: deliveries buffered or leased here, messages this process relayed (or asked to have
-redelivered) to a subscription it ensured and has not received back yet, and journal rows not relayed yet.
-That is exactly what ``release run --until-idle`` needs when one process produces and consumes. A message
-published by another process is invisible until it arrives, and a message this process awaits but another
-process consumes stops counting after ``AWAIT_GRACE_S``.
+``backlog`` counts only what this process knows (see ``pubsub_tracking``). Topic and subscription creation
+lives in ``pubsub_admin``, the wire format in ``pubsub_wire``, dead-letter reading in ``pubsub_dead_letters``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any
 
 import grpc
 import structlog
@@ -55,136 +48,28 @@ from google.cloud import pubsub_v1
 from google.cloud.pubsub_v1.subscriber.message import Message as PubSubMessage
 from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
-from pydantic import ValidationError
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from release import journal
-from release.adapters.vendor_errors import ErrorTable, raise_translated, translated
+from release.adapters.pubsub_admin import create_subscription, create_topic
+from release.adapters.pubsub_dead_letters import DeadLetterTopics
+from release.adapters.pubsub_tracking import AWAIT_GRACE_S, Awaited, StreamConsumer
+from release.adapters.pubsub_wire import DEAD_LETTER_SUFFIX, decode, encode, pubsub_errors, raise_pubsub_error
 from release.ports import DeadLetter, Message, SubscriptionSpec
-from schemas.errors import PermanentError, Reason, TemporaryError
+from schemas.errors import PermanentError, Reason
 from schemas.events import CloudEvent, Topic
 from schemas.tables import EventRecord
 
 log = structlog.get_logger(__name__)
 
-STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
-DEAD_LETTER_SUFFIX = "-dead-letter"
 # Pub/Sub's accepted ranges: out-of-range values are clamped, not refused (see the module docstring).
 ACK_DEADLINE_RANGE_S = (10, 600)
 MAX_DELIVERY_ATTEMPTS_RANGE = (5, 100)
 # Server-side backoff after a nack or an expired lease: without it Pub/Sub redelivers at once, in a hot loop.
 RETRY_BACKOFF = (timedelta(seconds=10), timedelta(seconds=600))
-# How long a message relayed (or nacked) by this process counts in ``backlog`` until it arrives: long enough
-# for Pub/Sub's delivery latency, short enough that a message consumed by another process does not stall us.
-AWAIT_GRACE_S = 15.0
-# Long-running consumers that nobody asks for a backlog still forget old entries past this size.
-_AWAITED_PRUNE_AT = 10_000
-_CE_ATTRIBUTES = ("id", "type", "source", "specversion", "subject", "time")
-# What dead-lettering adds to a message's attributes; a redriven copy goes back without them.
-_DEAD_LETTER_ATTRIBUTES = frozenset({"error", "dead-letter-subscription", "delivery-attempts"})
-# A redrive moves at most this many pulls' worth (100 each) of dead letters in one call.
-_REDRIVE_MAX_ROUNDS = 100
-
-# Vendor error -> (our class, reason); the first match wins.
-_ERRORS: ErrorTable = (
-    (api_exceptions.Unauthenticated, PermanentError, Reason.UNAUTHORIZED),
-    (api_exceptions.PermissionDenied, PermanentError, Reason.UNAUTHORIZED),
-    (api_exceptions.InvalidArgument, PermanentError, Reason.INTERNAL),
-    (api_exceptions.NotFound, PermanentError, Reason.INTERNAL),
-    (api_exceptions.FailedPrecondition, PermanentError, Reason.INTERNAL),
-    # The client's retries of a transient failure ran out of time.
-    (api_exceptions.RetryError, TemporaryError, Reason.UNAVAILABLE),
-    # UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, INTERNAL, UNKNOWN, publish timeouts.
-    (api_exceptions.GoogleAPICallError, TemporaryError, Reason.UNAVAILABLE),
-    (TimeoutError, TemporaryError, Reason.UNAVAILABLE),
-    (grpc.RpcError, TemporaryError, Reason.UNAVAILABLE),
-)
-
-
-def _raise_translated(error: BaseException, action: str) -> NoReturn:
-    raise_translated(error, table=_ERRORS, what=f"Pub/Sub {action}")
-
-
-def _translated(action: str) -> AbstractContextManager[None]:
-    return translated(table=_ERRORS, what=f"Pub/Sub {action}")
-
-
-def encode(event: CloudEvent) -> tuple[bytes, dict[str, str]]:
-    """The message body (structured-mode CloudEvent) and attributes (binary-mode ``ce-*`` copies)."""
-    envelope = event.model_dump(mode="json")
-    attributes = {"content-type": STRUCTURED_CONTENT_TYPE}
-    attributes.update({f"ce-{name}": str(envelope[name]) for name in _CE_ATTRIBUTES
-                       if envelope.get(name) is not None})
-    return json.dumps(envelope, separators=(",", ":")).encode(), attributes
-
-
-def decode(data: bytes) -> CloudEvent:
-    """The CloudEvent in a message body; ``PermanentError(EVENT_INVALID)`` when it is not one."""
-    try:
-        return CloudEvent.model_validate_json(data)
-    except ValidationError as e:
-        raise PermanentError(f"message body is not a structured CloudEvent: {e.errors()[0]['msg']}",
-                             reason=Reason.EVENT_INVALID) from e
-
-
-def _source_subscription(attributes: Mapping[str, str]) -> str:
-    """The subscription a dead letter failed on: ours names it; Pub/Sub's own dead-lettering gives a full path."""
-    name = attributes.get("dead-letter-subscription") or attributes.get("CloudPubSubDeadLetterSourceSubscription", "")
-    return name.rsplit("/", 1)[-1]
-
-
-def _as_dead_letter(raw: pubsub_v1.types.ReceivedMessage) -> DeadLetter:
-    attributes = raw.message.attributes
-    attempts = attributes.get("delivery-attempts") or attributes.get("CloudPubSubDeadLetterSourceDeliveryCount", "0")
-    return DeadLetter(subscription=_source_subscription(attributes), event_id=attributes.get("ce-id", ""),
-                      event_type=attributes.get("ce-type", ""), attempts=int(attempts),
-                      error=attributes.get("error", ""), at=raw.message.publish_time)
-
-
 def _clamp(value: float, bounds: tuple[int, int]) -> int:
     return int(min(max(math.ceil(value), bounds[0]), bounds[1]))
-
-
-@dataclass
-class _Awaited:
-    """Message ids a subscription should receive soon. Arrivals are remembered for a while too, because a
-    delivery can overtake the publish future that tells the relay its message id."""
-
-    due: dict[str, float] = field(default_factory=dict)
-    arrived: dict[str, float] = field(default_factory=dict)
-
-    def expect(self, message_id: str, *, until: float) -> None:
-        if self.arrived.pop(message_id, None) is None:
-            self.due[message_id] = until
-            if len(self.due) > _AWAITED_PRUNE_AT:
-                self.pending(now=time.monotonic())
-
-    def expect_again(self, message_id: str, *, until: float) -> None:
-        self.arrived.pop(message_id, None)
-        self.due[message_id] = until
-
-    def arrive(self, message_id: str, *, now: float) -> None:
-        if self.due.pop(message_id, None) is None:
-            self.arrived[message_id] = now
-            if len(self.arrived) > _AWAITED_PRUNE_AT:
-                self.pending(now=now)
-
-    def pending(self, *, now: float) -> int:
-        self.due = {k: until for k, until in self.due.items() if until > now}
-        self.arrived = {k: at for k, at in self.arrived.items() if at > now - AWAIT_GRACE_S}
-        return len(self.due)
-
-
-@dataclass
-class _Consumer:
-    """The StreamingPull subscriber of one subscription and the deliveries this process holds from it."""
-
-    spec: SubscriptionSpec
-    buffer: queue.Queue[tuple[PubSubMessage, CloudEvent]]
-    awaited: _Awaited
-    future: Any = None
-    leased: dict[str, PubSubMessage] = field(default_factory=dict)
 
 
 class PubSubEventBus:
@@ -212,7 +97,7 @@ class PubSubEventBus:
                 channel=grpc.insecure_channel(emulator_host))
             subscriber_kwargs["transport"] = SubscriberGrpcTransport(
                 channel=grpc.insecure_channel(emulator_host))
-        with _translated("client setup"):
+        with pubsub_errors("client setup"):
             self._publisher = pubsub_v1.PublisherClient(
                 batch_settings=pubsub_v1.types.BatchSettings(max_messages=100, max_latency=0.01),
                 publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True),
@@ -222,9 +107,12 @@ class PubSubEventBus:
         self._relay_lock = threading.Lock()
         self._known_topics: set[str] = set()
         self._specs: dict[str, SubscriptionSpec] = {}
-        self._awaited: dict[str, _Awaited] = {}
-        self._consumers: dict[str, _Consumer] = {}
+        self._awaited: dict[str, Awaited] = {}
+        self._consumers: dict[str, StreamConsumer] = {}
         self._closed = False
+        self._dead_letters = DeadLetterTopics(subscriber=self._subscriber, publisher=self._publisher,
+                                              subscription_path=self.subscription_path, topic_path=self.topic_path,
+                                              timeout_s=publish_timeout_s)
 
     # ------------------------------------------------------------------------------------ names
     def topic_path(self, topic: str) -> str:
@@ -254,7 +142,7 @@ class PubSubEventBus:
         topic = self.topic_path(spec.topic)
         self._ensure_topic(topic)
         dead_letter = self._ensure_dead_letter(spec.topic)
-        self._create_subscription(pubsub_v1.types.Subscription(
+        create_subscription(self._subscriber, pubsub_v1.types.Subscription(
             name=self.subscription_path(spec.name), topic=topic,
             ack_deadline_seconds=_clamp(spec.ack_deadline_s, ACK_DEADLINE_RANGE_S),
             enable_message_ordering=True,
@@ -265,13 +153,13 @@ class PubSubEventBus:
                                                      maximum_backoff=RETRY_BACKOFF[1])))
         with self._lock:
             self._specs[spec.name] = spec
-            self._awaited.setdefault(spec.name, _Awaited())
+            self._awaited.setdefault(spec.name, Awaited())
 
     def _ensure_dead_letter(self, topic: str) -> str:
         """``<topic>-dead-letter`` and the subscription that keeps its messages; returns its name."""
         dead_letter = f"{topic}{DEAD_LETTER_SUFFIX}"
         self._ensure_topic(self.topic_path(dead_letter))
-        self._create_subscription(pubsub_v1.types.Subscription(
+        create_subscription(self._subscriber, pubsub_v1.types.Subscription(
             name=self.subscription_path(dead_letter), topic=self.topic_path(dead_letter),
             ack_deadline_seconds=ACK_DEADLINE_RANGE_S[1]))
         return dead_letter
@@ -280,26 +168,9 @@ class PubSubEventBus:
         with self._lock:
             if path in self._known_topics:
                 return
-        try:
-            self._publisher.create_topic(name=path)
-        except api_exceptions.AlreadyExists:
-            pass
-        except api_exceptions.PermissionDenied:
-            # A publish-only identity may not create topics; deployment created them. A missing one makes the
-            # publish itself fail loudly.
-            log.info("pubsub.topic_create_denied", topic=path)
-        except Exception as e:  # _raise_translated re-raises anything it does not know
-            _raise_translated(e, f"creation of topic {path}")
+        create_topic(self._publisher, path)
         with self._lock:
             self._known_topics.add(path)
-
-    def _create_subscription(self, subscription: pubsub_v1.types.Subscription) -> None:
-        try:
-            self._subscriber.create_subscription(request=subscription)
-        except api_exceptions.AlreadyExists:
-            pass
-        except Exception as e:  # _raise_translated re-raises anything it does not know
-            _raise_translated(e, f"creation of subscription {subscription.name}")
 
     # ------------------------------------------------------------------------------------ publishing
     def publish(self, event: CloudEvent, *, topic: Topic, session: Session) -> None:
@@ -353,7 +224,7 @@ class PubSubEventBus:
                 # that the journal still holds the failed event for the next flush.
                 self._publisher.resume_publish(path, key)
         if failures:
-            _raise_translated(failures[0][2], f"publish of {len(failures)} of {len(pending)} events")
+            raise_pubsub_error(failures[0][2], f"publish of {len(failures)} of {len(pending)} events")
         return len(published)
 
     # ------------------------------------------------------------------------------------ consuming
@@ -392,7 +263,9 @@ class PubSubEventBus:
         if raw is None:
             return
         if message.attempt >= self._specs[message.subscription].max_attempts:
-            self._dead_letter(message, raw, error)
+            self._dead_letters.put(raw, topic=str(self._specs[message.subscription].topic),
+                                   subscription=message.subscription, attempt=message.attempt, error=error,
+                                   event_id=message.event.id)
             return
         log.info("pubsub.nack", subscription=message.subscription, event_id=message.event.id,
                  attempt=message.attempt, error=error, delay_s=delay_s)
@@ -424,72 +297,21 @@ class PubSubEventBus:
 
     def dead_letters(self, subscription: str | None = None, *, limit: int = 100) -> list[DeadLetter]:
         """Peek at the ``<topic>-dead-letter`` subscriptions: each message read is released again at once."""
-        found: list[DeadLetter] = []
-        for raw in self._dead_letter_messages(subscription, limit=limit):
-            letter = _as_dead_letter(raw)
-            if subscription is None or letter.subscription == subscription:
-                found.append(letter)
-        return sorted(found, key=lambda d: d.at or datetime.min.replace(tzinfo=UTC), reverse=True)[:limit]
+        with self._lock:
+            spec = self._specs.get(subscription or "")
+            topics = [str(spec.topic)] if spec else [*{str(s.topic) for s in self._specs.values()}, *map(str, Topic)]
+        return self._dead_letters.peek(topics, subscription=subscription, limit=limit)
 
     def redrive(self, subscription: str) -> int:
-        """Publish a subscription's dead letters to its topic again, then drop them from the dead-letter topic.
-
-        Every subscription of the topic receives the copy; those that already applied the event skip it by its
-        id, as they skip any redelivery.
-        """
+        """Publish a subscription's dead letters to its topic again; each subscription skips what it applied."""
         spec = self._specs.get(subscription)
         if spec is None:
             raise PermanentError(f"subscription {subscription!r} was never ensured on this bus",
                                  reason=Reason.INTERNAL, hint="Run `release setup` first.")
-        dead_letter = self.subscription_path(f"{spec.topic}{DEAD_LETTER_SUFFIX}")
-        count = 0
-        for _ in range(_REDRIVE_MAX_ROUNDS):
-            received = self._pull_now(dead_letter, limit=100)
-            if not received:
-                break
-            mine = [m for m in received if _source_subscription(m.message.attributes) == spec.name]
-            others = [m.ack_id for m in received if m not in mine]
-            for item in mine:
-                attributes = {k: v for k, v in item.message.attributes.items() if k not in _DEAD_LETTER_ATTRIBUTES}
-                with _translated(f"redrive to {spec.topic}"):
-                    message_id = self._publisher.publish(self.topic_path(spec.topic), item.message.data,
-                                                         **attributes).result(timeout=self._publish_timeout_s)
-                self._await_everywhere(str(spec.topic), message_id)
-            with _translated("settle dead letters"):
-                if mine:
-                    self._subscriber.acknowledge(subscription=dead_letter, ack_ids=[m.ack_id for m in mine])
-                if others:
-                    self._subscriber.modify_ack_deadline(subscription=dead_letter, ack_ids=others,
-                                                         ack_deadline_seconds=0)
-            count += len(mine)
-            if not mine:
-                break
-        return count
-
-    def _dead_letter_messages(self, subscription: str | None, *,
-                              limit: int) -> list[pubsub_v1.types.ReceivedMessage]:
-        topics = ({self._specs[subscription].topic} if subscription in self._specs
-                  else {spec.topic for spec in self._specs.values()} | set(Topic))
-        messages: list[pubsub_v1.types.ReceivedMessage] = []
-        for topic in sorted(topics):
-            path = self.subscription_path(f"{topic}{DEAD_LETTER_SUFFIX}")
-            try:
-                received = self._pull_now(path, limit=limit)
-            except PermanentError:
-                continue  # no dead-letter subscription for this topic: nothing was ever dead-lettered there
-            if received:
-                with _translated("release peeked dead letters"):
-                    self._subscriber.modify_ack_deadline(subscription=path, ack_ids=[m.ack_id for m in received],
-                                                         ack_deadline_seconds=0)
-            messages += received
-        return messages
-
-    def _pull_now(self, path: str, *, limit: int) -> list[pubsub_v1.types.ReceivedMessage]:
-        with _translated(f"pull {path}"):
-            response = self._subscriber.pull(
-                request={"subscription": path, "max_messages": limit, "return_immediately": True},
-                timeout=self._publish_timeout_s)
-        return list(response.received_messages)
+        sent = self._dead_letters.redrive(topic=str(spec.topic), subscription=spec.name)
+        for message_id in sent:
+            self._await_everywhere(str(spec.topic), message_id)
+        return len(sent)
 
     def close(self) -> None:
         """Stop the subscribers and the publisher; idempotent. What this process holds is nacked, so it comes
@@ -520,7 +342,7 @@ class PubSubEventBus:
         self._publisher.stop()
 
     # ------------------------------------------------------------------------------------ helpers
-    def _consumer(self, subscription: str) -> _Consumer:
+    def _consumer(self, subscription: str) -> StreamConsumer:
         with self._lock:
             consumer = self._consumers.get(subscription)
             if consumer is not None:
@@ -530,18 +352,18 @@ class PubSubEventBus:
                 raise PermanentError(f"subscription {subscription!r} was never ensured on this bus",
                                      reason=Reason.INTERNAL,
                                      hint="Call ensure_subscription(spec) or `release setup` before pulling.")
-            consumer = _Consumer(spec=spec, buffer=queue.Queue(maxsize=self._max_outstanding),
-                                 awaited=self._awaited[subscription])
+            consumer = StreamConsumer(spec=spec, buffer=queue.Queue(maxsize=self._max_outstanding),
+                                      awaited=self._awaited[subscription])
             flow_control = pubsub_v1.types.FlowControl(max_messages=self._max_outstanding,
                                                        max_lease_duration=spec.ack_deadline_s)
-            with _translated(f"subscribe to {subscription}"):
+            with pubsub_errors(f"subscribe to {subscription}"):
                 consumer.future = self._subscriber.subscribe(
                     self.subscription_path(subscription), callback=lambda raw: self._receive(consumer, raw),
                     flow_control=flow_control)
             self._consumers[subscription] = consumer
             return consumer
 
-    def _receive(self, consumer: _Consumer, raw: PubSubMessage) -> None:
+    def _receive(self, consumer: StreamConsumer, raw: PubSubMessage) -> None:
         """Subscriber thread: decode and buffer one delivery (flow control keeps the buffer from filling)."""
         with self._lock:
             consumer.awaited.arrive(raw.message_id, now=time.monotonic())
@@ -567,28 +389,11 @@ class PubSubEventBus:
             consumer = self._consumers.get(message.subscription)
             return None if consumer is None else consumer.leased.pop(message.handle, None)
 
-    def _raise_if_stopped(self, subscription: str, consumer: _Consumer) -> None:
+    def _raise_if_stopped(self, subscription: str, consumer: StreamConsumer) -> None:
         if not consumer.future.done():
             return
         with self._lock:
             self._consumers.pop(subscription, None)  # the next pull starts a new subscriber
         error = consumer.future.exception()
         if error is not None:
-            _raise_translated(error, f"streaming pull of {subscription}")
-
-    def _dead_letter(self, message: Message, raw: PubSubMessage, error: str) -> None:
-        spec = self._specs[message.subscription]
-        attributes: Mapping[str, str] = {
-            **raw.attributes, "error": error[:1024], "dead-letter-subscription": spec.name,
-            "delivery-attempts": str(message.attempt)}
-        log.warning("pubsub.dead_letter", subscription=spec.name, event_id=message.event.id,
-                    attempt=message.attempt, error=error)
-        try:
-            future = self._publisher.publish(self.topic_path(f"{spec.topic}{DEAD_LETTER_SUFFIX}"), raw.data,
-                                             **attributes)
-            future.result(timeout=self._publish_timeout_s)
-        except Exception as e:  # the message stays in Pub/Sub and is tried again
-            log.warning("pubsub.dead_letter_failed", event_id=message.event.id, error=str(e))
-            raw.nack()
-            return
-        raw.ack()
+            raise_pubsub_error(error, f"streaming pull of {subscription}")

@@ -12,7 +12,8 @@ from google.cloud import pubsub_v1
 from sqlmodel import Session
 
 from release import journal
-from release.adapters.pubsub_bus import PubSubEventBus, decode, encode
+from release.adapters.pubsub_bus import PubSubEventBus
+from release.adapters.pubsub_wire import decode, encode
 from release.ports import SubscriptionSpec
 from schemas.errors import PermanentError, Reason
 from schemas.events import CloudEvent, EventType, Topic, make_event
