@@ -45,6 +45,7 @@ from schemas.events import (
     make_event,
 )
 from schemas.policy import ReleasePolicy
+from schemas.reports import PromotionReport
 from schemas.states import SETTLED, VersionState
 from schemas.tables import AuditEntry, ModelVersion, utcnow
 
@@ -155,14 +156,14 @@ class Controller:
         baseline = self._prod_candidate(view.model, exclude=view.id)
         report = self._gates.evaluate(candidate, baseline=baseline, policy=self._policy(view))
         self._fault("EVALUATING:evaluated")
-        passed = bool(report.get("passed"))
-        data = GatesEvaluatedData(model=view.model, version=view.version, passed=passed, report=report)
+        passed = report.passed
+        data = GatesEvaluatedData(model=view.model, version=view.version, passed=passed,
+                                  report=report.model_dump(mode="json"))
         target = S.PROMOTING if passed else S.REJECTED
-        failed = [g.get("name") for g in report.get("gates", []) if not g.get("passed", True)]
-        reason = "gates passed" if passed else f"gates failed: {', '.join(str(f) for f in failed) or 'see report'}"
+        reason = "gates passed" if passed else f"gates failed: {', '.join(report.failed_gates()) or 'see report'}"
 
         def store(session: Session) -> list[CloudEvent]:
-            registry.add_gate_report(session, version_id=view.id, passed=passed, report=report)
+            registry.add_gate_report(session, version_id=view.id, report=report)
             return []
 
         step = self._move(view, target, reason=reason, also=store,
@@ -178,12 +179,12 @@ class Controller:
         stable = self._prod_candidate(view.model, exclude=view.id)
         policy = self._policy(view)
         if view.intent in SKIP_GATES:
-            outcome: dict[str, Any] = {"ok": True, "steps": [], "reason": view.intent}
+            outcome = PromotionReport(ok=True, reason=view.intent)
         else:
             outcome = self._promoter.shift(self._candidate(view), stable=stable, policy=policy)
         self._fault("PROMOTING:shifted")
-        if not outcome.get("ok"):
-            why = str(outcome.get("reason", "canary failed"))
+        if not outcome.ok:
+            why = outcome.reason or "canary failed"
             data = RolledBackData(model=view.model, version=view.version,
                                   restored_version=stable.version if stable else None, actor=SYSTEM, reason=why)
             with session_scope(self._engine) as session:

@@ -61,6 +61,19 @@ def test_failing_gates_reject_and_keep_prod(tmp_path: Path) -> None:
     state = end_state(engine)["digits"]
     assert state["versions"] == {"1": "LIVE", "2": "REJECTED"} and state["aliases"]["PROD"] == "1"
     assert ("digits", "2") in controller._serving.retired  # type: ignore[attr-defined]
+    with session_scope(engine) as s:
+        assert registry.get_version(s, "digits", "2").state_reason == "gates failed: metric:accuracy"
+
+
+def test_gates_evaluated_event_carries_the_stored_report(tmp_path: Path) -> None:
+    """The report published in gates.evaluated is the same JSON as the one stored for the version."""
+    engine, bus, _controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
+    _register(engine, bus, "1")
+    run_until_idle([consumer], bus=bus)
+    with session_scope(engine) as s:
+        (event,) = [r.envelope for r in journal.recent(s, limit=1000) if r.type == EventType.GATES_EVALUATED]
+        stored = registry.latest_gate_report(s, registry.get_version(s, "digits", "1").id)
+    assert stored is not None and event["data"]["report"] == stored and event["data"]["passed"] is True
 
 
 def test_pods_that_never_get_ready_end_failed_with_the_log(tmp_path: Path) -> None:
