@@ -3,9 +3,9 @@
 Every event about a version makes the controller look at that version's stored state and take the one step
 that state calls for (level-triggered, like a Kubernetes controller): run the step's side effect, which is
 idempotent (deploy, evaluate, shift traffic, retire), then in ONE transaction move the state by
-compare-and-swap and publish the events that follow (transactional outbox). A duplicated or stale event finds
-the state already moved and does nothing; a process killed anywhere re-runs at most one idempotent side
-effect when the event is redelivered, so every run converges to the same end state.
+compare-and-swap and publish the events that follow (transactional outbox, written by ``release.transitions``).
+A duplicated or stale event finds the state already moved and does nothing; a process killed anywhere re-runs
+at most one idempotent side effect when the event is redelivered, so every run converges to the same end state.
 
 ::
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,39 +31,29 @@ from release import registry
 from release.db import session_scope
 from release.ports import Candidate, DeploymentSpec, EventBus, GateRunner, Promoter, ServingBackend
 from release.registry import PROD, STG, VersionView
+from release.transitions import SYSTEM, Step, TransitionApplier, alias_moved, displace, set_intent
 from schemas.errors import InvalidTransition, NotFound, PermanentError, Reason, ReleaseError
 from schemas.events import (
-    AliasMovedData,
     CloudEvent,
     EventType,
     GatesEvaluatedData,
     RolledBackData,
     RolloutData,
-    StateChangedData,
-    Topic,
     make_event,
 )
 from schemas.policy import ReleasePolicy
+from schemas.reports import PromotionReport
 from schemas.states import SETTLED, VersionState
 from schemas.tables import AuditEntry, ModelVersion, utcnow
 
+# Step is defined beside the applier that returns it, and is part of this module's API (the CLI reports it).
+__all__ = ["SKIP_GATES", "Controller", "Step", "is_settled"]
+
 log = structlog.get_logger(__name__)
 S = VersionState
-SYSTEM = "controller"
 
 #: Intents that skip the gates: a person promoting by hand, or a rollback restoring a proven version.
 SKIP_GATES = frozenset({"promote", "restore"})
-
-
-@dataclass(frozen=True)
-class Step:
-    """What one reconcile did."""
-
-    model: str
-    version: str
-    before: VersionState
-    after: VersionState
-    note: str = ""
 
 
 class Controller:
@@ -82,6 +71,7 @@ class Controller:
         self._crash_at = crash_at
         self._gpu = gpu
         self._now = clock
+        self._transitions = TransitionApplier(engine=engine, bus=bus, backend=serving.name, fault=self._fault)
 
     # ------------------------------------------------------------------------------------------ entry points
     def handle(self, event: CloudEvent) -> Step | None:
@@ -116,7 +106,7 @@ class Controller:
 
     # ------------------------------------------------------------------------------------------ steps
     def _registered(self, view: VersionView) -> Step:
-        return self._move(view, S.DEPLOYING, reason="rollout started")
+        return self._transitions.move(view, S.DEPLOYING, reason="rollout started")
 
     def _deploying(self, view: VersionView) -> Step:
         spec = self._spec(view)
@@ -128,46 +118,43 @@ class Controller:
             excerpt = str(error.details.get("log_excerpt", ""))
             self._serving.retire(view.model, view.version)
             data = RolloutData(model=view.model, version=view.version, error=error.message, log_excerpt=excerpt)
-            return self._move(view, S.FAILED, reason=f"rollout failed: {error.message}",
-                              extra=[make_event(EventType.ROLLOUT_FAILED, data,
-                                                event_id=f"rollout-failed-{view.id}-{view.revision}")],
-                              deployment=("failed", (), excerpt))
+            failed = make_event(EventType.ROLLOUT_FAILED, data, event_id=f"rollout-failed-{view.id}-{view.revision}")
+            return self._transitions.move(view, S.FAILED, reason=f"rollout failed: {error.message}", extra=[failed],
+                                          deployment=("failed", (), excerpt))
         self._fault("DEPLOYING:deployed")
         data = RolloutData(model=view.model, version=view.version, endpoints=list(status.endpoints))
 
         def stage(session: Session) -> list[CloudEvent]:
             if view.intent in SKIP_GATES:
                 return []
-            return [self._alias_event(session, view, STG)]
+            return [alias_moved(session, view, STG)]
 
-        return self._move(view, S.STAGED, reason="pods ready",
-                          extra=[make_event(EventType.ROLLOUT_READY, data,
-                                            event_id=f"rollout-ready-{view.id}-{view.revision}")],
-                          deployment=("ready", status.endpoints, ""), also=stage)
+        ready = make_event(EventType.ROLLOUT_READY, data, event_id=f"rollout-ready-{view.id}-{view.revision}")
+        return self._transitions.move(view, S.STAGED, reason="pods ready", extra=[ready],
+                                      deployment=("ready", status.endpoints, ""), also=stage)
 
     def _staged(self, view: VersionView) -> Step:
         if view.intent in SKIP_GATES:
-            return self._move(view, S.PROMOTING, reason=f"{view.intent}: gates skipped")
-        return self._move(view, S.EVALUATING, reason="gates started")
+            return self._transitions.move(view, S.PROMOTING, reason=f"{view.intent}: gates skipped")
+        return self._transitions.move(view, S.EVALUATING, reason="gates started")
 
     def _evaluating(self, view: VersionView) -> Step:
         candidate = self._candidate(view)
         baseline = self._prod_candidate(view.model, exclude=view.id)
         report = self._gates.evaluate(candidate, baseline=baseline, policy=self._policy(view))
         self._fault("EVALUATING:evaluated")
-        passed = bool(report.get("passed"))
-        data = GatesEvaluatedData(model=view.model, version=view.version, passed=passed, report=report)
+        passed = report.passed
+        data = GatesEvaluatedData(model=view.model, version=view.version, passed=passed,
+                                  report=report.model_dump(mode="json"))
         target = S.PROMOTING if passed else S.REJECTED
-        failed = [g.get("name") for g in report.get("gates", []) if not g.get("passed", True)]
-        reason = "gates passed" if passed else f"gates failed: {', '.join(str(f) for f in failed) or 'see report'}"
+        reason = "gates passed" if passed else f"gates failed: {', '.join(report.failed_gates()) or 'see report'}"
 
         def store(session: Session) -> list[CloudEvent]:
-            registry.add_gate_report(session, version_id=view.id, passed=passed, report=report)
+            registry.add_gate_report(session, version_id=view.id, report=report)
             return []
 
-        step = self._move(view, target, reason=reason, also=store,
-                          extra=[make_event(EventType.GATES_EVALUATED, data,
-                                            event_id=f"gates-{view.id}-{view.revision}")])
+        evaluated = make_event(EventType.GATES_EVALUATED, data, event_id=f"gates-{view.id}-{view.revision}")
+        step = self._transitions.move(view, target, reason=reason, also=store, extra=[evaluated])
         if not passed:
             self._serving.retire(view.model, view.version)
         return step
@@ -178,35 +165,35 @@ class Controller:
         stable = self._prod_candidate(view.model, exclude=view.id)
         policy = self._policy(view)
         if view.intent in SKIP_GATES:
-            outcome: dict[str, Any] = {"ok": True, "steps": [], "reason": view.intent}
+            outcome = PromotionReport(ok=True, reason=view.intent)
         else:
             outcome = self._promoter.shift(self._candidate(view), stable=stable, policy=policy)
         self._fault("PROMOTING:shifted")
-        if not outcome.get("ok"):
-            why = str(outcome.get("reason", "canary failed"))
+        if not outcome.ok:
+            why = outcome.reason or "canary failed"
             data = RolledBackData(model=view.model, version=view.version,
                                   restored_version=stable.version if stable else None, actor=SYSTEM, reason=why)
             with session_scope(self._engine) as session:
                 registry.set_route_weight(session, model=view.model, version=view.version, weight=0)
-            step = self._move(view, S.ROLLED_BACK, reason=f"canary aborted: {why}",
-                              extra=[make_event(EventType.RELEASE_ROLLED_BACK, data,
-                                                event_id=f"rolled-back-{view.id}-{view.revision}")],
-                              audit=("release.rolled_back", why))
+            rolled_back = make_event(EventType.RELEASE_ROLLED_BACK, data,
+                                     event_id=f"rolled-back-{view.id}-{view.revision}")
+            step = self._transitions.move(view, S.ROLLED_BACK, reason=f"canary aborted: {why}", extra=[rolled_back],
+                                          audit=("release.rolled_back", why))
             self._serving.retire(view.model, view.version)
             return step
         expected = prod.revision if prod is not None else 0
 
         def flip(session: Session) -> list[CloudEvent]:
-            events = [self._alias_event(session, view, PROD, expected_revision=expected,
-                                        reason=view.state_reason or "gates passed")]
+            events = [alias_moved(session, view, PROD, expected_revision=expected,
+                                  reason=view.state_reason or "gates passed")]
             registry.clear_routes(session, view.model)  # the canary's route becomes PROD itself
             displaced = prod.version if prod is not None else None
             if view.intent == "restore" and displaced and displaced != view.version:
-                events += self._displace(session, view.model, displaced, to=S.ROLLED_BACK,
-                                         why=f"rolled back to {view.version}")
+                events += displace(session, view.model, displaced, to=S.ROLLED_BACK,
+                                   why=f"rolled back to {view.version}")
             return events
 
-        return self._move(view, S.LIVE, reason="promoted to PROD", also=flip)
+        return self._transitions.move(view, S.LIVE, reason="promoted to PROD", also=flip)
 
     def _live(self, view: VersionView) -> Step | None:
         with session_scope(self._engine) as session:
@@ -224,7 +211,7 @@ class Controller:
         superseded_at = prod.updated_at if prod is not None else view.updated_at
         if self._now() - superseded_at < grace:
             return None
-        step = self._move(view, S.RETIRED, reason="superseded; grace period over")
+        step = self._transitions.move(view, S.RETIRED, reason="superseded; grace period over")
         self._serving.retire(view.model, view.version)
         return step
 
@@ -254,7 +241,7 @@ class Controller:
             if view.state is not S.LIVE or (prod is not None and prod.version == version):
                 continue
             if ignore_grace:
-                steps.append(self._move(view, S.RETIRED, reason="superseded"))
+                steps.append(self._transitions.move(view, S.RETIRED, reason="superseded"))
                 self._serving.retire(model, version)
             elif (live_step := self._live(view)) is not None:
                 steps.append(live_step)
@@ -269,28 +256,24 @@ class Controller:
         if prod is not None and prod.version == version:
             return Step(model, version, view.state, view.state, note="already PROD")
         if view.state is S.LIVE and self._serving.status(model, version) is not None:
-            def flip(session: Session) -> list[CloudEvent]:
-                return [self._alias_event(session, view, PROD,
-                                          expected_revision=prod.revision if prod else 0, actor=actor,
-                                          reason=reason)]
             with session_scope(self._engine) as session:
-                events = flip(session)
+                moved = alias_moved(session, view, PROD, expected_revision=prod.revision if prod else 0,
+                                    actor=actor, reason=reason)
                 registry.audit(session, actor=actor, action="version.promoted", model=model, version=version,
                                reason=reason)
-                for event in events:
-                    self._bus.publish(event, topic=Topic.MODEL_EVENTS, session=session)
+                self._transitions.publish(session, [moved])
             return Step(model, version, view.state, view.state, note="PROD flipped to warm version")
         if view.state in (S.STAGED, S.EVALUATING):
             with session_scope(self._engine) as session:
-                self._set_intent(session, view, "promote")
+                set_intent(session, view, "promote")
                 registry.audit(session, actor=actor, action="version.promoted", model=model, version=version,
                                reason=reason)
             return Step(model, version, view.state, view.state, note="will skip gates")
         if view.state in (S.REGISTERED, S.DEPLOYING, S.PROMOTING):
             raise InvalidTransition(f"{model}/{version} is {view.state}; wait until it settles, then promote",
                                     details={"state": str(view.state)})
-        return self._move(view, S.DEPLOYING, reason=f"promoted by {actor}: {reason}", intent="promote",
-                          audit=("version.promoted", reason), actor=actor)
+        return self._transitions.move(view, S.DEPLOYING, reason=f"promoted by {actor}: {reason}",
+                                      intent="promote", audit=("version.promoted", reason), actor=actor)
 
     def retry(self, model: str, version: str, *, actor: str, reason: str) -> Step:
         """Release a settled version again through the whole path: deploy, gates, canary. Audited.
@@ -303,8 +286,8 @@ class Controller:
         if view.state not in (S.REJECTED, S.FAILED, S.ROLLED_BACK, S.RETIRED):
             raise InvalidTransition(f"{model}/{version} is {view.state}; only a settled version that is not LIVE "
                                     "can be retried", details={"state": str(view.state)})
-        return self._move(view, S.DEPLOYING, reason=f"retried by {actor}: {reason}", intent="",
-                          audit=("version.retried", reason), actor=actor)
+        return self._transitions.move(view, S.DEPLOYING, reason=f"retried by {actor}: {reason}", intent="",
+                                      audit=("version.retried", reason), actor=actor)
 
     def rollback(self, model: str, *, actor: str, reason: str, expected_version: str | None = None) -> Step | None:
         """Put PROD back on the version it pointed at before the current one. Audited.
@@ -331,85 +314,22 @@ class Controller:
         warm = target.state is S.LIVE and self._serving.status(model, target.version) is not None
         if warm:
             def flip(session: Session) -> list[CloudEvent]:
-                events = [self._alias_event(session, target, PROD, expected_revision=prod.revision, actor=actor,
-                                            reason=f"rollback: {reason}")]
+                events = [alias_moved(session, target, PROD, expected_revision=prod.revision, actor=actor,
+                                      reason=f"rollback: {reason}")]
                 data = RolledBackData(model=model, version=current.version, restored_version=target.version,
                                       actor=actor, reason=reason)
                 events.append(make_event(EventType.RELEASE_ROLLED_BACK, data,
                                          event_id=f"rolled-back-{current.id}-{current.revision}"))
                 return events
-            step = self._move(current, S.ROLLED_BACK, reason=f"rolled back by {actor}: {reason}", also=flip,
-                              audit=("release.rolled_back", reason), actor=actor)
+            step = self._transitions.move(current, S.ROLLED_BACK, reason=f"rolled back by {actor}: {reason}",
+                                          also=flip, audit=("release.rolled_back", reason), actor=actor)
             self._serving.retire(model, current.version)
             return step
-        return self._move(target, S.DEPLOYING, reason=f"restoring: rollback of {current.version} by {actor}",
-                          intent="restore", audit=("release.rollback_started", reason), actor=actor)
+        why = f"restoring: rollback of {current.version} by {actor}"
+        return self._transitions.move(target, S.DEPLOYING, reason=why, intent="restore",
+                                      audit=("release.rollback_started", reason), actor=actor)
 
     # ------------------------------------------------------------------------------------------ helpers
-    def _move(self, view: VersionView, to: VersionState, *, reason: str, extra: list[CloudEvent] | None = None,
-              also: Callable[[Session], list[CloudEvent]] | None = None, intent: str | None = None,
-              deployment: tuple[str, tuple[str, ...], str] | None = None,
-              audit: tuple[str, str] | None = None, actor: str = SYSTEM) -> Step:
-        """One transaction: CAS the state, run ``also``, record, publish. A lost race is a no-op."""
-        self._fault(f"{view.state}:before_commit")
-        try:
-            with session_scope(self._engine) as session:
-                moved, before = registry.transition(session, model=view.model, version=view.version, to=to,
-                                                    expect=view.state, reason=reason)
-                if intent is not None:
-                    self._set_intent(session, moved, intent)
-                events = list(extra or [])
-                if also is not None:
-                    events += also(session)
-                if deployment is not None:
-                    status, endpoints, excerpt = deployment
-                    registry.record_deployment(session, version_id=view.id, backend=self._serving.name,
-                                               status=status, endpoints=endpoints, log_excerpt=excerpt)
-                if audit is not None:
-                    registry.audit(session, actor=actor, action=audit[0], model=view.model, version=view.version,
-                                   reason=audit[1])
-                registry.audit(session, actor=actor, action="version.state_changed", model=view.model,
-                               version=view.version, reason=reason,
-                               details={"from": str(before), "to": str(to)})
-                data = StateChangedData(model=view.model, version=view.version, version_id=view.id,
-                                        previous=before, state=to, reason=reason)
-                events.append(make_event(EventType.VERSION_STATE_CHANGED, data,
-                                         event_id=f"state-{view.id}-{view.revision + 1}"))
-                for event in events:
-                    self._bus.publish(event, topic=Topic.MODEL_EVENTS, session=session)
-        except InvalidTransition:
-            with session_scope(self._engine) as session:
-                now = registry.get_version(session, view.model, view.version)
-            if now.revision == view.revision:
-                raise  # not a race: the edge itself is wrong, which is a bug worth seeing
-            log.info("controller.step_lost_race", state=str(view.state), target=str(to))
-            return Step(view.model, view.version, view.state, now.state, note="lost race")
-        self._fault(f"{view.state}:after_commit")
-        log.info("version.state_changed", previous=str(before), state=str(to), reason=reason)
-        return Step(view.model, view.version, before, to, note=reason)
-
-    def _alias_event(self, session: Session, view: VersionView, alias: str, *,
-                     expected_revision: int | None = None, actor: str = SYSTEM, reason: str = "") -> CloudEvent:
-        moved, previous = registry.move_alias(session, model=view.model, alias=alias, version=view.version,
-                                              expected_revision=expected_revision, actor=actor,
-                                              reason=reason or f"{alias} -> {view.version}")
-        data = AliasMovedData(model=view.model, alias=alias, version=view.version, previous_version=previous,
-                              revision=moved.revision, actor=actor, reason=reason)
-        return make_event(EventType.ALIAS_MOVED, data, event_id=f"alias-{view.model}-{alias}-{moved.revision}")
-
-    def _displace(self, session: Session, model: str, version: str, *, to: VersionState,
-                  why: str) -> list[CloudEvent]:
-        other, before = registry.transition(session, model=model, version=version, to=to, reason=why)
-        data = StateChangedData(model=model, version=version, version_id=other.id, previous=before, state=to,
-                                reason=why)
-        return [make_event(EventType.VERSION_STATE_CHANGED, data, event_id=f"state-{other.id}-{other.revision}")]
-
-    def _set_intent(self, session: Session, view: VersionView, intent: str) -> None:
-        row = session.get(ModelVersion, view.id)
-        assert row is not None
-        row.intent = intent
-        session.add(row)
-
     def _previous_prod(self, session: Session, model: str, current: str) -> str | None:
         row = session.exec(select(AuditEntry).where(AuditEntry.model == model)
                            .where(AuditEntry.action == "alias.moved").where(AuditEntry.alias == PROD)

@@ -7,7 +7,8 @@ tested): the measurements and the policy go in, an immutable gate report comes o
 - no regression against the current PROD, both measured on the same eval set in the same run;
 - latency p50/p95/p99 and error rate under a short closed-loop load;
 - a smoke gate for artifacts without an eval set (outputs match the declared signature, no errors);
-- custom gates from the ``modelrelease.gates`` entry point group, returning the same report shape.
+- custom gates from the ``modelrelease.gates`` entry point group, returning ``{"passed", "value", "threshold",
+  "detail"}``, which becomes one ``GateResult`` like the others.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import structlog
 from release.ports import Candidate
 from schemas.errors import PermanentError, Reason, TemporaryError
 from schemas.manifest import Manifest
-from schemas.policy import GatePolicy, LatencyGate, ReleasePolicy
+from schemas.policy import GatePolicy, LatencyGate, MetricGate, RegressionGate, ReleasePolicy
+from schemas.reports import GateReport, GateResult, LatencyMeasurement
 
 log = structlog.get_logger(__name__)
 
@@ -92,48 +94,55 @@ def percentile_ms(latencies_s: list[float], q: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ judging
-def _gate(name: str, value: float | None, threshold: float | None, passed: bool, **detail: Any) -> dict[str, Any]:
-    return {"name": name, "value": value, "threshold": threshold, "passed": bool(passed), **detail}
+def _bounded(rule: MetricGate, value: float | None) -> GateResult:
+    name, threshold = f"metric:{rule.metric}", rule.min if rule.min is not None else rule.max
+    if value is None:
+        return GateResult(name=name, value=None, threshold=threshold, passed=False,
+                          detail="metric not computable for this model's outputs")
+    ok = (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max)
+    return GateResult(name=name, value=value, threshold=threshold, passed=ok,
+                      bound="min" if rule.min is not None else "max")
+
+
+def _regression(rule: RegressionGate, new: float, old: float, baseline_version: str | None) -> GateResult:
+    lower_is_better = rule.metric in _LOWER_IS_BETTER
+    drop = (new - old) if lower_is_better else (old - new)
+    return GateResult(name=f"regression:{rule.metric}", value=new,
+                      threshold=old + rule.max_drop if lower_is_better else old - rule.max_drop,
+                      passed=drop <= rule.max_drop + 1e-12, baseline=old, baseline_version=baseline_version,
+                      drop=drop, max_drop=rule.max_drop)
+
+
+def _latency(budget: LatencyGate, latency: LatencyMeasurement) -> list[GateResult]:
+    gates = [GateResult(name=f"latency:{q}_ms", value=value, threshold=limit, passed=value <= limit)
+             for q, value, limit in (("p50", latency.p50_ms, budget.p50_ms), ("p95", latency.p95_ms, budget.p95_ms),
+                                     ("p99", latency.p99_ms, budget.p99_ms)) if limit is not None]
+    gates.append(GateResult(name="error_rate", value=latency.error_rate, threshold=budget.max_error_rate,
+                            passed=latency.error_rate <= budget.max_error_rate))
+    return gates
 
 
 def judge(policy: GatePolicy, *, metrics: dict[str, float] | None, baseline: dict[str, float] | None,
-          baseline_version: str | None, latency: dict[str, float] | None, smoke: dict[str, Any] | None,
-          custom: list[dict[str, Any]]) -> dict[str, Any]:
+          baseline_version: str | None, latency: LatencyMeasurement | None, smoke: dict[str, Any] | None,
+          custom: list[GateResult]) -> GateReport:
     """The gate report for these measurements under ``policy`` (pure)."""
-    gates: list[dict[str, Any]] = []
+    gates: list[GateResult] = []
     if metrics is not None:
-        for rule in policy.metrics:
-            value = metrics.get(rule.metric)
-            if value is None:
-                gates.append(_gate(f"metric:{rule.metric}", None, rule.min if rule.min is not None else rule.max,
-                                   False, detail="metric not computable for this model's outputs"))
-                continue
-            ok = (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max)
-            gates.append(_gate(f"metric:{rule.metric}", value, rule.min if rule.min is not None else rule.max, ok,
-                               bound="min" if rule.min is not None else "max"))
+        gates += [_bounded(rule, metrics.get(rule.metric)) for rule in policy.metrics]
         if baseline is not None:
             for reg in policy.regression:
                 new, old = metrics.get(reg.metric), baseline.get(reg.metric)
-                if new is None or old is None:
-                    continue
-                drop = (new - old) if reg.metric in _LOWER_IS_BETTER else (old - new)
-                gates.append(_gate(f"regression:{reg.metric}", new, old - reg.max_drop
-                                   if reg.metric not in _LOWER_IS_BETTER else old + reg.max_drop,
-                                   drop <= reg.max_drop + 1e-12, baseline=old, baseline_version=baseline_version,
-                                   drop=drop, max_drop=reg.max_drop))
+                if new is not None and old is not None:
+                    gates.append(_regression(reg, new, old, baseline_version))
     if smoke is not None:
-        gates.append(_gate("smoke", None, None, bool(smoke.get("ok")), detail=smoke.get("detail", "")))
+        gates.append(GateResult(name="smoke", value=None, threshold=None, passed=bool(smoke.get("ok")),
+                                detail=smoke.get("detail", "")))
     if latency is not None and policy.latency is not None:
-        budget: LatencyGate = policy.latency
-        for q, limit in (("p50", budget.p50_ms), ("p95", budget.p95_ms), ("p99", budget.p99_ms)):
-            if limit is not None:
-                value = latency[f"{q}_ms"]
-                gates.append(_gate(f"latency:{q}_ms", value, limit, value <= limit))
-        gates.append(_gate("error_rate", latency["error_rate"], budget.max_error_rate,
-                           latency["error_rate"] <= budget.max_error_rate))
+        gates += _latency(policy.latency, latency)
     gates += custom
-    return {"passed": bool(gates) and all(g["passed"] for g in gates), "gates": gates, "metrics": metrics or {},
-            "baseline_metrics": baseline, "baseline_version": baseline_version, "latency": latency}
+    return GateReport(passed=bool(gates) and all(g.passed for g in gates), gates=tuple(gates),
+                      metrics=metrics or {}, baseline_metrics=baseline, baseline_version=baseline_version,
+                      latency=latency)
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -192,7 +201,7 @@ def measure_quality(client: PodClient, x: np.ndarray, y: np.ndarray, *, batch_si
 
 
 def measure_latency(client_factory: Callable[[], PodClient], rows: np.ndarray, *,
-                    budget: LatencyGate) -> dict[str, float]:
+                    budget: LatencyGate) -> LatencyMeasurement:
     """Closed-loop load at ``budget.concurrency``: single-row requests, latency percentiles and error rate."""
     latencies: list[float] = []
     errors = 0
@@ -218,9 +227,9 @@ def measure_latency(client_factory: Callable[[], PodClient], rows: np.ndarray, *
         for own, failed in pool.map(worker, per_worker):
             latencies += own
             errors += failed
-    return {"p50_ms": percentile_ms(latencies, 50), "p95_ms": percentile_ms(latencies, 95),
-            "p99_ms": percentile_ms(latencies, 99), "error_rate": errors / max(len(latencies), 1),
-            "requests": float(len(latencies)), "concurrency": float(budget.concurrency)}
+    return LatencyMeasurement(p50_ms=percentile_ms(latencies, 50), p95_ms=percentile_ms(latencies, 95),
+                              p99_ms=percentile_ms(latencies, 99), error_rate=errors / max(len(latencies), 1),
+                              requests=float(len(latencies)), concurrency=float(budget.concurrency))
 
 
 def smoke_input(manifest: Manifest) -> np.ndarray:
@@ -234,7 +243,7 @@ class HttpGateRunner:
     """``GateRunner`` that measures through HTTP and judges with ``judge``."""
 
     def evaluate(self, candidate: Candidate, *, baseline: Candidate | None,
-                 policy: ReleasePolicy) -> dict[str, Any]:
+                 policy: ReleasePolicy) -> GateReport:
         """Measure the candidate (and the baseline on the same eval set), then judge."""
         started = time.monotonic()
         gp = policy.gates
@@ -243,7 +252,7 @@ class HttpGateRunner:
         client = PodClient(candidate)
         metrics: dict[str, float] | None = None
         base_metrics: dict[str, float] | None = None
-        latency: dict[str, float] | None = None
+        latency: LatencyMeasurement | None = None
         smoke: dict[str, Any] | None = None
         rows: np.ndarray
         timings: dict[str, float] = {}
@@ -278,9 +287,9 @@ class HttpGateRunner:
                        baseline_version=baseline.version if baseline else None, latency=latency, smoke=smoke,
                        custom=custom)
         timings["total_s"] = time.monotonic() - started
-        report["timings"] = {k: round(v, 3) for k, v in timings.items()}
-        report["version"] = candidate.version
-        log.info("gates.evaluated", passed=report["passed"], metrics=report["metrics"])
+        report = report.model_copy(update={"timings": {k: round(v, 3) for k, v in timings.items()},
+                                           "version": candidate.version})
+        log.info("gates.evaluated", passed=report.passed, metrics=report.metrics)
         return report
 
     def _smoke(self, client: PodClient, manifest: Manifest) -> dict[str, Any]:
@@ -293,13 +302,16 @@ class HttpGateRunner:
         return {"ok": ok, "detail": f"output shape {list(out.shape)}, declared {expected}"}
 
     def _custom(self, name: str, candidate: Candidate, baseline: Candidate | None,
-                policy: ReleasePolicy) -> dict[str, Any]:
+                policy: ReleasePolicy) -> GateResult:
         found = [ep for ep in entry_points(group=CUSTOM_GROUP) if ep.name == name]
         if not found:
-            return _gate(f"custom:{name}", None, None, False, detail=f"no '{CUSTOM_GROUP}' entry point named {name}")
+            return GateResult(name=f"custom:{name}", value=None, threshold=None, passed=False,
+                              detail=f"no '{CUSTOM_GROUP}' entry point named {name}")
         try:
             result = dict(found[0].load()(candidate=candidate, baseline=baseline, policy=policy))
+            # Built inside the try: a plugin returning a value that is not a number fails its own gate only.
+            return GateResult(name=f"custom:{name}", value=result.get("value"), threshold=result.get("threshold"),
+                              passed=bool(result.get("passed")), detail=str(result.get("detail", "")))
         except Exception as exc:
-            return _gate(f"custom:{name}", None, None, False, detail=f"{type(exc).__name__}: {exc}")
-        return _gate(f"custom:{name}", result.get("value"), result.get("threshold"), bool(result.get("passed")),
-                     detail=str(result.get("detail", "")))
+            return GateResult(name=f"custom:{name}", value=None, threshold=None, passed=False,
+                              detail=f"{type(exc).__name__}: {exc}")

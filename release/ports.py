@@ -16,6 +16,7 @@ from sqlmodel import Session
 
 from schemas.events import CloudEvent, Topic
 from schemas.policy import ReleasePolicy
+from schemas.reports import GateReport, PromotionReport
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -224,14 +225,14 @@ class GateRunner(Protocol):
     """Evaluates a staged version against its policy's gates, through real requests."""
 
     def evaluate(self, candidate: Candidate, *, baseline: Candidate | None,
-                 policy: ReleasePolicy) -> dict[str, Any]:
-        """A gate report: ``{"passed": bool, "gates": [...], ...}``. Raises TemporaryError to be retried."""
+                 policy: ReleasePolicy) -> GateReport:
+        """The gate report: every gate's verdict and the measurements behind it. Raises TemporaryError to retry."""
         ...
 
 
 class Promoter(Protocol):
     """Moves traffic to a version that passed its gates: a direct flip, or canary steps watched against budgets."""
 
-    def shift(self, candidate: Candidate, *, stable: Candidate | None, policy: ReleasePolicy) -> dict[str, Any]:
-        """Run the traffic steps. Returns ``{"ok": bool, "steps": [...], "reason": str}``; never moves aliases."""
+    def shift(self, candidate: Candidate, *, stable: Candidate | None, policy: ReleasePolicy) -> PromotionReport:
+        """Run the traffic steps and report how they went; never moves aliases."""
         ...

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import structlog
@@ -22,6 +21,7 @@ from release import registry
 from release.db import session_scope
 from release.ports import Candidate
 from schemas.policy import CanaryStep, ReleasePolicy, RolloutPolicy, Strategy
+from schemas.reports import CanaryStepResult, PromotionReport
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +76,7 @@ def _is_infer(endpoint: str) -> bool:
     return any(name in endpoint for name in _INFER_ENDPOINTS)
 
 
-def judge_step(step: CanaryStep, window: PodCounters, rollout: RolloutPolicy) -> dict[str, Any]:
+def judge_step(step: CanaryStep, window: PodCounters, rollout: RolloutPolicy) -> CanaryStepResult:
     """Whether a canary step stayed within its budgets (pure)."""
     rate = window.errors / window.requests if window.requests else 0.0
     p99 = window.p99_ms()
@@ -86,8 +86,8 @@ def judge_step(step: CanaryStep, window: PodCounters, rollout: RolloutPolicy) ->
         breaches.append(f"error rate {rate:.3f} > {rollout.max_error_rate}")
     if enough and rollout.max_p99_ms is not None and p99 is not None and p99 > rollout.max_p99_ms:
         breaches.append(f"p99 {p99:.1f} ms > {rollout.max_p99_ms} ms")
-    return {"weight": step.weight, "requests": window.requests, "errors": window.errors, "error_rate": rate,
-            "p99_ms": p99, "judged": enough, "ok": not breaches, "breaches": breaches}
+    return CanaryStepResult(weight=step.weight, requests=window.requests, errors=window.errors, error_rate=rate,
+                            p99_ms=p99, judged=enough, ok=not breaches, breaches=tuple(breaches))
 
 
 class RoutePromoter:
@@ -98,24 +98,25 @@ class RoutePromoter:
         self._stop = stop or threading.Event()
         self._client = httpx.Client(timeout=5.0)
 
-    def shift(self, candidate: Candidate, *, stable: Candidate | None, policy: ReleasePolicy) -> dict[str, Any]:
+    def shift(self, candidate: Candidate, *, stable: Candidate | None, policy: ReleasePolicy) -> PromotionReport:
         """Run the policy's strategy; on success the caller moves PROD, on failure nothing routes to the candidate."""
         rollout = policy.rollout
         if rollout.strategy is Strategy.DIRECT or stable is None:
-            return {"ok": True, "strategy": "direct", "steps": [], "reason": ""}
-        steps = []
+            return PromotionReport(ok=True, strategy=Strategy.DIRECT)
+        steps: list[CanaryStepResult] = []
         for step in rollout.steps:
             self._set_weight(candidate, step.weight)
             before = self._scrape(candidate)
             self._stop.wait(step.watch_s)
             verdict = judge_step(step, self._scrape(candidate).minus(before), rollout)
             steps.append(verdict)
-            log.info("canary.step", weight=step.weight, **{k: verdict[k] for k in ("requests", "error_rate", "ok")})
-            if not verdict["ok"]:
+            log.info("canary.step", weight=step.weight, requests=verdict.requests, error_rate=verdict.error_rate,
+                     ok=verdict.ok)
+            if not verdict.ok:
                 self._set_weight(candidate, 0)
-                return {"ok": False, "strategy": "canary", "steps": steps,
-                        "reason": f"step {step.weight}%: {'; '.join(verdict['breaches'])}"}
-        return {"ok": True, "strategy": "canary", "steps": steps, "reason": ""}
+                return PromotionReport(ok=False, strategy=Strategy.CANARY, steps=tuple(steps),
+                                       reason=f"step {step.weight}%: {'; '.join(verdict.breaches)}")
+        return PromotionReport(ok=True, strategy=Strategy.CANARY, steps=tuple(steps))
 
     def _set_weight(self, candidate: Candidate, weight: int) -> None:
         # A 100% route sends all PROD traffic to the candidate until the controller flips the alias and clears

@@ -20,6 +20,7 @@ from release.rollout_records import add_gate_report as add_gate_report
 from release.rollout_records import clear_routes as clear_routes
 from release.rollout_records import get_deployment as get_deployment
 from release.rollout_records import latest_gate_report as latest_gate_report
+from release.rollout_records import load_gate_report as load_gate_report
 from release.rollout_records import record_deployment as record_deployment
 from release.rollout_records import route_weights as route_weights
 from release.rollout_records import set_route_weight as set_route_weight

@@ -13,20 +13,27 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from schemas.reports import GateReport
 from schemas.tables import Deployment, GateReportRow, RouteWeight, utcnow
 
 
 # ----------------------------------------------------------------------------------------------- gate reports
-def add_gate_report(session: Session, *, version_id: int, passed: bool, report: dict[str, Any]) -> None:
-    """Store one gate report for a version."""
-    session.add(GateReportRow(version_id=version_id, passed=passed, report=report))
+def add_gate_report(session: Session, *, version_id: int, report: GateReport) -> None:
+    """Store one gate report for a version, in its wire shape (``schemas.reports``)."""
+    session.add(GateReportRow(version_id=version_id, passed=report.passed, report=report.model_dump(mode="json")))
+
+
+def load_gate_report(session: Session, version_id: int) -> GateReport | None:
+    """The newest gate report of a version, validated on the way out of storage."""
+    row = session.exec(select(GateReportRow).where(GateReportRow.version_id == version_id)
+                       .order_by(col(GateReportRow.id).desc())).first()
+    return None if row is None else GateReport.model_validate(row.report)
 
 
 def latest_gate_report(session: Session, version_id: int) -> dict[str, Any] | None:
-    """The newest gate report of a version."""
-    row = session.exec(select(GateReportRow).where(GateReportRow.version_id == version_id)
-                       .order_by(col(GateReportRow.id).desc())).first()
-    return None if row is None else dict(row.report)
+    """The newest gate report of a version in its wire shape, as ``release show --json`` prints it (validated)."""
+    report = load_gate_report(session, version_id)
+    return None if report is None else report.model_dump(mode="json")
 
 
 # ----------------------------------------------------------------------------------------------- deployments

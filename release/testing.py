@@ -32,7 +32,8 @@ from release.ports import (
 )
 from schemas.errors import NotFound, PermanentError, Reason, TemporaryError
 from schemas.events import CloudEvent, Topic
-from schemas.policy import ReleasePolicy
+from schemas.policy import ReleasePolicy, Strategy
+from schemas.reports import CanaryStepResult, GateReport, GateResult, PromotionReport
 
 
 class MemoryStore:
@@ -267,13 +268,15 @@ class ScriptedGates:
     calls: list[str] = field(default_factory=list)
 
     def evaluate(self, candidate: Candidate, *, baseline: Candidate | None,
-                 policy: ReleasePolicy) -> dict[str, Any]:
+                 policy: ReleasePolicy) -> GateReport:
         """A report passing unless the version is listed in ``failing``."""
         self.calls.append(candidate.version)
         passed = candidate.version not in self.failing
-        return {"passed": passed, "baseline": baseline.version if baseline else None,
-                "gates": [{"name": "accuracy", "passed": passed, "value": 0.9 if passed else 0.1,
-                           "threshold": 0.5}]}
+        accuracy = 0.9 if passed else 0.1
+        gate = GateResult(name="metric:accuracy", value=accuracy, threshold=0.5, passed=passed, bound="min")
+        return GateReport(passed=passed, gates=(gate,), metrics={"accuracy": accuracy}, baseline_metrics=None,
+                          baseline_version=baseline.version if baseline else None, latency=None,
+                          version=candidate.version)
 
 
 @dataclass
@@ -283,9 +286,13 @@ class ScriptedPromoter:
     aborting: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
 
-    def shift(self, candidate: Candidate, *, stable: Candidate | None, policy: ReleasePolicy) -> dict[str, Any]:
+    def shift(self, candidate: Candidate, *, stable: Candidate | None, policy: ReleasePolicy) -> PromotionReport:
         """Succeed unless the version is listed in ``aborting``."""
         self.calls.append(candidate.version)
         if candidate.version in self.aborting:
-            return {"ok": False, "steps": [{"weight": 10, "error_rate": 0.5}], "reason": "error budget exceeded"}
-        return {"ok": True, "steps": [{"weight": 100}], "reason": ""}
+            step = CanaryStepResult(weight=10, requests=100.0, errors=50.0, error_rate=0.5, p99_ms=None, judged=True,
+                                    ok=False, breaches=("error rate 0.500 > 0.01",))
+            return PromotionReport(ok=False, strategy=Strategy.CANARY, steps=(step,), reason="error budget exceeded")
+        step = CanaryStepResult(weight=100, requests=100.0, errors=0.0, error_rate=0.0, p99_ms=None, judged=True,
+                                ok=True, breaches=())
+        return PromotionReport(ok=True, strategy=Strategy.CANARY, steps=(step,))

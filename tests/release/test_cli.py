@@ -56,3 +56,26 @@ def test_listing_commands_print_json(home: Path, capsys: pytest.CaptureFixture[s
     for command in (["models", "--json"], ["dead-letters", "--json"]):
         assert main(command) == 0
         assert _json(capsys) == []
+
+
+def test_show_json_prints_the_stored_gate_report_in_its_golden_shape(home: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`release show --json` prints a stored gate report key for key as the golden report."""
+    from release import registry
+    from release.db import make_engine, migrate, session_scope
+    from release.settings import Settings
+    from schemas.reports import GateReport
+
+    golden = json.loads((Path(__file__).parents[1] / "data" / "reports" / "gate_report.json").read_text())
+    home.mkdir(parents=True)
+    engine = make_engine(Settings().database_url)
+    migrate(engine)
+    with session_scope(engine) as s:
+        outcome = registry.register_version(s, model="digits", version="2", digest="sha256:bb",
+                                            artifact_uri="file:///b/models/digits/2/", format="torchscript",
+                                            manifest={"name": "digits"})
+        registry.add_gate_report(s, version_id=outcome.version.id, report=GateReport.model_validate(golden))
+    engine.dispose()
+    assert main(["show", "digits", "2", "--json"]) == 0
+    shown = _json(capsys)
+    assert isinstance(shown, dict) and shown["gate_report"] == golden

@@ -16,21 +16,10 @@ from release.ports import Candidate
 from release.promotion import PodCounters, RoutePromoter
 from release.worker import run_until_idle
 from schemas.errors import InvalidTransition
-from schemas.events import EventType, ModelRegisteredData, Topic, make_event
+from schemas.events import EventType
 from schemas.policy import CanaryStep, ReleasePolicy, RolloutPolicy, Strategy
 from tests.release.controller_harness import build, end_state
-
-
-def _register(engine: Engine, bus, version: str, model: str = "digits",  # type: ignore[no-untyped-def]
-              policy: dict | None = None) -> None:
-    with session_scope(engine) as s:
-        outcome = registry.register_version(s, model=model, version=version, digest=f"sha256:{version}",
-                                            artifact_uri=f"file:///b/models/{model}/{version}/",
-                                            format="torchscript", manifest={}, policy=policy or {})
-        data = ModelRegisteredData(model=model, version=version, version_id=outcome.version.id,
-                                   digest=f"sha256:{version}", artifact_uri="x", format="torchscript")
-        bus.publish(make_event(EventType.MODEL_REGISTERED, data, event_id=f"reg-{version}"),
-                    topic=Topic.MODEL_EVENTS, session=s)
+from tests.release.registrations import register_version
 
 
 def _types(engine: Engine) -> list[str]:
@@ -41,7 +30,7 @@ def _types(engine: Engine) -> list[str]:
 def test_good_version_goes_live_and_moves_prod(sqlite_engine: Engine, tmp_path: Path) -> None:
     """A version that deploys and passes its gates ends LIVE with PROD and STG on it, every step an event."""
     engine, bus, _controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
-    _register(engine, bus, "1")
+    register_version(engine, bus, "1")
     run_until_idle([consumer], bus=bus)
     assert end_state(engine) == {"digits": {"versions": {"1": "LIVE"}, "aliases": {"PROD": "1", "STG": "1"}}}
     types = _types(engine)
@@ -54,19 +43,32 @@ def test_good_version_goes_live_and_moves_prod(sqlite_engine: Engine, tmp_path: 
 def test_failing_gates_reject_and_keep_prod(tmp_path: Path) -> None:
     """A version that fails its gates is REJECTED, its pods retired, PROD unchanged."""
     engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}", failing={"2"})
-    _register(engine, bus, "1")
+    register_version(engine, bus, "1")
     run_until_idle([consumer], bus=bus)
-    _register(engine, bus, "2")
+    register_version(engine, bus, "2")
     run_until_idle([consumer], bus=bus)
     state = end_state(engine)["digits"]
     assert state["versions"] == {"1": "LIVE", "2": "REJECTED"} and state["aliases"]["PROD"] == "1"
     assert ("digits", "2") in controller._serving.retired  # type: ignore[attr-defined]
+    with session_scope(engine) as s:
+        assert registry.get_version(s, "digits", "2").state_reason == "gates failed: metric:accuracy"
+
+
+def test_gates_evaluated_event_carries_the_stored_report(tmp_path: Path) -> None:
+    """The report published in gates.evaluated is the same JSON as the one stored for the version."""
+    engine, bus, _controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
+    register_version(engine, bus, "1")
+    run_until_idle([consumer], bus=bus)
+    with session_scope(engine) as s:
+        (event,) = [r.envelope for r in journal.recent(s, limit=1000) if r.type == EventType.GATES_EVALUATED]
+        stored = registry.latest_gate_report(s, registry.get_version(s, "digits", "1").id)
+    assert stored is not None and event["data"]["report"] == stored and event["data"]["passed"] is True
 
 
 def test_pods_that_never_get_ready_end_failed_with_the_log(tmp_path: Path) -> None:
     """A rollout that never becomes ready ends FAILED, and the deployment keeps the pod log excerpt."""
     engine, bus, _controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}", broken={"1"})
-    _register(engine, bus, "1")
+    register_version(engine, bus, "1")
     run_until_idle([consumer], bus=bus)
     with session_scope(engine) as s:
         view = registry.get_version(s, "digits", "1")
@@ -79,8 +81,8 @@ def test_pods_that_never_get_ready_end_failed_with_the_log(tmp_path: Path) -> No
 def test_aborted_canary_rolls_back_and_prod_stays(tmp_path: Path) -> None:
     """A canary that breaches its budget ends ROLLED_BACK and PROD never moves."""
     engine, bus, _controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}", aborting={"2"})
-    _register(engine, bus, "1")
-    _register(engine, bus, "2")
+    register_version(engine, bus, "1")
+    register_version(engine, bus, "2")
     run_until_idle([consumer], bus=bus)
     state = end_state(engine)["digits"]
     assert state["versions"]["2"] == "ROLLED_BACK" and state["aliases"]["PROD"] == "1"
@@ -90,9 +92,9 @@ def test_aborted_canary_rolls_back_and_prod_stays(tmp_path: Path) -> None:
 def test_new_prod_supersedes_and_rollback_restores_the_previous(tmp_path: Path) -> None:
     """Version 2 replaces 1; a rollback puts PROD back on the still-warm 1 and marks 2 ROLLED_BACK, audited."""
     engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
-    _register(engine, bus, "1")
+    register_version(engine, bus, "1")
     run_until_idle([consumer], bus=bus)
-    _register(engine, bus, "2")
+    register_version(engine, bus, "2")
     run_until_idle([consumer], bus=bus)
     assert end_state(engine)["digits"]["aliases"]["PROD"] == "2"
     controller.rollback("digits", actor="oncall", reason="bad outputs")
@@ -107,9 +109,9 @@ def test_new_prod_supersedes_and_rollback_restores_the_previous(tmp_path: Path) 
 def test_rollback_to_a_retired_version_redeploys_it_before_moving_prod(tmp_path: Path) -> None:
     """When the previous version's pods are gone it is redeployed without gates, and only then PROD moves."""
     engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
-    _register(engine, bus, "1")
+    register_version(engine, bus, "1")
     run_until_idle([consumer], bus=bus)
-    _register(engine, bus, "2")
+    register_version(engine, bus, "2")
     run_until_idle([consumer], bus=bus)
     controller.retire_superseded(ignore_grace=True)
     assert end_state(engine)["digits"]["versions"]["1"] == "RETIRED"
@@ -126,8 +128,8 @@ def test_rollback_to_a_retired_version_redeploys_it_before_moving_prod(tmp_path:
 def test_manual_promote_of_a_rejected_version_skips_gates(tmp_path: Path) -> None:
     """`release promote` redeploys a rejected version and moves PROD to it without gates, audited."""
     engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}", failing={"2"})
-    _register(engine, bus, "1")
-    _register(engine, bus, "2")
+    register_version(engine, bus, "1")
+    register_version(engine, bus, "2")
     run_until_idle([consumer], bus=bus)
     controller.promote("digits", "2", actor="ana", reason="accept the lower score")
     run_until_idle([consumer], bus=bus)
@@ -137,7 +139,7 @@ def test_manual_promote_of_a_rejected_version_skips_gates(tmp_path: Path) -> Non
 def test_duplicate_and_stale_events_change_nothing(tmp_path: Path) -> None:
     """Redelivering every event of a finished release leaves the end state and journal length unchanged."""
     engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
-    _register(engine, bus, "1")
+    register_version(engine, bus, "1")
     run_until_idle([consumer], bus=bus)
     before, count = end_state(engine), len(_types(engine))
     with session_scope(engine) as s:
@@ -150,7 +152,7 @@ def test_duplicate_and_stale_events_change_nothing(tmp_path: Path) -> None:
 def test_promote_while_deploying_says_to_wait(tmp_path: Path) -> None:
     """Promoting a version that is mid-rollout is refused with a clear error."""
     engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
-    _register(engine, bus, "1")
+    register_version(engine, bus, "1")
     consumer.drain_once()  # REGISTERED -> DEPLOYING only
     with pytest.raises(InvalidTransition, match="wait until it settles"):
         controller.promote("digits", "1", actor="ana", reason="")
@@ -169,8 +171,8 @@ def reference_end_state(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The end state of an uninterrupted run, to compare crashed-and-restarted runs against."""
     url = f"sqlite:///{tmp_path_factory.mktemp('ref') / 'c.db'}"
     engine, bus, _c, _consumer = build(url)
-    _register(engine, bus, "good")
-    _register(engine, bus, "bad")
+    register_version(engine, bus, "good")
+    register_version(engine, bus, "bad")
     out = subprocess.run([sys.executable, "-m", "tests.release.controller_harness", url], check=True,
                          capture_output=True, text=True, timeout=120)
     return json.loads(out.stdout)
@@ -182,8 +184,8 @@ def test_sigkill_at_any_transition_then_restart_converges(point: str, tmp_path: 
     """A controller process SIGKILLed at a transition and started again ends exactly where an uninterrupted one does."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
     engine, bus, _c, _consumer = build(url)
-    _register(engine, bus, "good")
-    _register(engine, bus, "bad")
+    register_version(engine, bus, "good")
+    register_version(engine, bus, "bad")
     crashed = subprocess.run([sys.executable, "-m", "tests.release.controller_harness", url, point],
                              check=False, capture_output=True, text=True, timeout=120)
     assert crashed.returncode == -9, crashed.stderr[-2000:]
@@ -196,8 +198,8 @@ def test_sigkill_at_any_transition_then_restart_converges(point: str, tmp_path: 
 def test_aborted_canary_can_be_retried_through_the_whole_path(tmp_path: Path) -> None:
     """After a canary aborts, `retry` sends the version through gates and canary again, audited."""
     engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}", aborting={"2"})
-    _register(engine, bus, "1")
-    _register(engine, bus, "2")
+    register_version(engine, bus, "1")
+    register_version(engine, bus, "2")
     run_until_idle([consumer], bus=bus)
     assert end_state(engine)["digits"]["versions"]["2"] == "ROLLED_BACK"
     controller._promoter.aborting.clear()  # type: ignore[attr-defined]  (the cause went away)
@@ -233,7 +235,7 @@ def test_back_to_back_canaries_leave_no_stale_routes(tmp_path: Path) -> None:
     canary = ReleasePolicy(rollout=RolloutPolicy(strategy=Strategy.CANARY, min_requests=1, steps=[
         CanaryStep(weight=50, watch_s=0), CanaryStep(weight=100, watch_s=0)])).model_dump(mode="json")
     for version in ("1", "2", "3"):
-        _register(engine, bus, version, policy=canary)
+        register_version(engine, bus, version, policy=canary)
         run_until_idle([consumer], bus=bus)
     state = end_state(engine)["digits"]
     assert state["versions"]["2"] == "ROLLED_BACK" and state["aliases"]["PROD"] == "3"

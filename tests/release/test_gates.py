@@ -9,6 +9,7 @@ from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, roc_a
 from release.gates import binary_auc, classification_metrics, judge, regression_metrics, smoke_input
 from schemas.manifest import Manifest
 from schemas.policy import GatePolicy, LatencyGate, MetricGate, RegressionGate
+from schemas.reports import GateReport, GateResult, LatencyMeasurement
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -46,18 +47,18 @@ POLICY = GatePolicy(metrics=[MetricGate(metric="accuracy", min=0.8), MetricGate(
                     regression=[RegressionGate(metric="accuracy", max_drop=0.01),
                                 RegressionGate(metric="rmse", max_drop=0.1)],
                     latency=LatencyGate(p50_ms=10, p95_ms=None, p99_ms=50, max_error_rate=0.01))
-LATENCY_OK = {"p50_ms": 5.0, "p95_ms": 9.0, "p99_ms": 20.0, "error_rate": 0.0}
+LATENCY_OK = LatencyMeasurement(p50_ms=5.0, p95_ms=9.0, p99_ms=20.0, error_rate=0.0, requests=40.0, concurrency=2.0)
 
 
-def _names(report: dict, passed: bool) -> set[str]:
-    return {g["name"] for g in report["gates"] if g["passed"] is passed}
+def _names(report: GateReport, passed: bool) -> set[str]:
+    return {g.name for g in report.gates if g.passed is passed}
 
 
 def test_judge_passes_when_every_gate_holds() -> None:
     """Metrics in bounds, no regression, latency and errors within budget: passed."""
     report = judge(POLICY, metrics={"accuracy": 0.9, "rmse": 0.5}, baseline={"accuracy": 0.905, "rmse": 0.45},
                    baseline_version="1", latency=LATENCY_OK, smoke=None, custom=[])
-    assert report["passed"] and _names(report, False) == set()
+    assert report.passed and _names(report, False) == set()
     assert _names(report, True) == {"metric:accuracy", "metric:rmse", "regression:accuracy", "regression:rmse",
                                     "latency:p50_ms", "latency:p99_ms", "error_rate"}
 
@@ -67,14 +68,15 @@ def test_judge_passes_when_every_gate_holds() -> None:
     ({"accuracy": 0.9, "rmse": 1.5}, None, LATENCY_OK, {"metric:rmse"}),
     ({"accuracy": 0.9, "rmse": 0.5}, {"accuracy": 0.95, "rmse": 0.5}, LATENCY_OK, {"regression:accuracy"}),
     ({"accuracy": 0.9, "rmse": 0.7}, {"accuracy": 0.9, "rmse": 0.5}, LATENCY_OK, {"regression:rmse"}),
-    ({"accuracy": 0.9, "rmse": 0.5}, None, {**LATENCY_OK, "p99_ms": 60.0}, {"latency:p99_ms"}),
-    ({"accuracy": 0.9, "rmse": 0.5}, None, {**LATENCY_OK, "error_rate": 0.02}, {"error_rate"}),
+    ({"accuracy": 0.9, "rmse": 0.5}, None, LATENCY_OK.model_copy(update={"p99_ms": 60.0}), {"latency:p99_ms"}),
+    ({"accuracy": 0.9, "rmse": 0.5}, None, LATENCY_OK.model_copy(update={"error_rate": 0.02}), {"error_rate"}),
 ])
 def test_judge_names_the_failing_gate(metrics, baseline, latency, failing) -> None:
     """Each kind of breach fails exactly its own gate, and the report says which."""
     report = judge(POLICY, metrics=metrics, baseline=baseline, baseline_version="1" if baseline else None,
                    latency=latency, smoke=None, custom=[])
-    assert not report["passed"] and _names(report, False) == failing
+    assert not report.passed and _names(report, False) == failing
+    assert report.failed_gates() == sorted(failing)
 
 
 def test_missing_metric_fails_its_gate_with_a_reason() -> None:
@@ -82,8 +84,8 @@ def test_missing_metric_fails_its_gate_with_a_reason() -> None:
     report = judge(GatePolicy(metrics=[MetricGate(metric="auc", min=0.5)], regression=[], latency=None),
                    metrics={"accuracy": 1.0}, baseline=None, baseline_version=None, latency=None, smoke=None,
                    custom=[])
-    (gate,) = report["gates"]
-    assert not report["passed"] and "not computable" in gate["detail"]
+    (gate,) = report.gates
+    assert not report.passed and gate.detail is not None and "not computable" in gate.detail
 
 
 def test_smoke_and_custom_gates_count() -> None:
@@ -92,15 +94,16 @@ def test_smoke_and_custom_gates_count() -> None:
     ok = judge(policy, metrics=None, baseline=None, baseline_version=None, latency=None,
                smoke={"ok": True, "detail": ""}, custom=[])
     bad = judge(policy, metrics=None, baseline=None, baseline_version=None, latency=None,
-                smoke={"ok": True, "detail": ""}, custom=[{"name": "custom:fair", "passed": False}])
-    assert ok["passed"] and not bad["passed"]
+                smoke={"ok": True, "detail": ""},
+                custom=[GateResult(name="custom:fair", value=None, threshold=None, passed=False)])
+    assert ok.passed and not bad.passed
 
 
 def test_no_gates_at_all_is_not_a_pass() -> None:
     """An empty report never promotes a version."""
     report = judge(GatePolicy(metrics=[], regression=[], latency=None), metrics=None, baseline=None,
                    baseline_version=None, latency=None, smoke=None, custom=[])
-    assert not report["passed"]
+    assert not report.passed
 
 
 def test_smoke_input_follows_the_declared_signature() -> None:
@@ -139,9 +142,10 @@ def test_custom_gate_from_an_entry_point_reports_like_the_others(tmp_path, monke
     _plugin(tmp_path, monkeypatch, "def check(*, candidate, baseline, policy):\n"
                                    "    return {'passed': candidate.version == '2', 'value': 0.97, 'threshold': 0.9}\n")
     gate = HttpGateRunner()._custom("fair", _candidate(), None, ReleasePolicy())
-    assert gate == {"name": "custom:fair", "value": 0.97, "threshold": 0.9, "passed": True, "detail": ""}
+    assert gate.model_dump(mode="json") == {"name": "custom:fair", "value": 0.97, "threshold": 0.9, "passed": True,
+                                            "detail": ""}
     missing = HttpGateRunner()._custom("absent", _candidate(), None, ReleasePolicy())
-    assert not missing["passed"] and "no 'modelrelease.gates' entry point" in missing["detail"]
+    assert not missing.passed and "no 'modelrelease.gates' entry point" in str(missing.detail)
 
 
 def test_a_crashing_custom_gate_fails_its_gate_only(tmp_path, monkeypatch) -> None:
@@ -151,4 +155,36 @@ def test_a_crashing_custom_gate_fails_its_gate_only(tmp_path, monkeypatch) -> No
 
     _plugin(tmp_path, monkeypatch, "def check(**_):\n    raise RuntimeError('fairness data missing')\n")
     gate = HttpGateRunner()._custom("fair", _candidate(), None, ReleasePolicy())
-    assert not gate["passed"] and gate["detail"] == "RuntimeError: fairness data missing"
+    assert not gate.passed and gate.detail == "RuntimeError: fairness data missing"
+
+
+def test_a_custom_gate_returning_a_non_number_fails_its_gate_only(tmp_path, monkeypatch) -> None:
+    """A plugin whose value is not a number fails that gate with the validation error instead of the report."""
+    from release.gates import HttpGateRunner
+    from schemas.policy import ReleasePolicy
+
+    _plugin(tmp_path, monkeypatch, "def check(**_):\n    return {'passed': True, 'value': 'high'}\n")
+    gate = HttpGateRunner()._custom("fair", _candidate(), None, ReleasePolicy())
+    assert not gate.passed and gate.value is None and "ValidationError" in str(gate.detail)
+
+
+def test_judge_writes_the_golden_report() -> None:
+    """Every kind of gate, judged and then stamped like the runner does, dumps to the golden captured from the dicts."""
+    import json
+    from pathlib import Path
+
+    policy = GatePolicy(metrics=[MetricGate(metric="accuracy", min=0.8), MetricGate(metric="rmse", max=1.0),
+                                 MetricGate(metric="auc", min=0.5)],
+                        regression=[RegressionGate(metric="accuracy", max_drop=0.01),
+                                    RegressionGate(metric="rmse", max_drop=0.1)],
+                        latency=LatencyGate(p50_ms=10, p95_ms=None, p99_ms=50, max_error_rate=0.01),
+                        custom=["fair"])
+    report = judge(policy, metrics={"accuracy": 0.75, "rmse": 0.5}, baseline={"accuracy": 0.9, "rmse": 0.45},
+                   baseline_version="1", latency=LATENCY_OK,
+                   smoke={"ok": True, "detail": "output shape [1, 10], declared [-1, 10]"},
+                   custom=[GateResult(name="custom:fair", value=0.97, threshold=0.9, passed=True, detail="")])
+    stamped = report.model_copy(update={"timings": {"quality_s": 0.5, "latency_s": 1.25, "total_s": 2.0},
+                                        "version": "2"})
+    golden = json.loads((Path(__file__).parents[1] / "data" / "reports" / "gate_report.json").read_text())
+    assert stamped.model_dump(mode="json") == golden
+    assert "timings" not in report.model_dump(mode="json") and "version" not in report.model_dump(mode="json")
