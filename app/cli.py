@@ -254,6 +254,22 @@ def cmd_dead_letters(app: App, args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ parser
+def _add_deploy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    deploy = sub.add_parser("deploy", help="Kubernetes serving objects", description="Kubernetes serving objects")
+    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
+    text = "print the Kubernetes manifests of a registered version as YAML (--json: a JSON list)"
+    p = deploy_sub.add_parser("render", help=text, description=text)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_deploy_render)
+    p.add_argument("name")
+    p.add_argument("version", help="a version string or an alias")
+    p.add_argument("--namespace", help="default: RELEASE_K8S_NAMESPACE")
+    p.add_argument("--image", help="serving pod image; default: RELEASE_K8S_IMAGE")
+    p.add_argument("--accelerator", help="GKE accelerator label value, e.g. nvidia-l4")
+    p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="request GPUs (default: RELEASE_GPU=on)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to generate the CLI table in the README)."""
     parser = argparse.ArgumentParser(prog="release", description="Event-driven model release system.")
@@ -269,19 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=ROLES, default="all",
                    help="run one role of the control plane (a Kubernetes Deployment each); default: all")
     command("setup", cmd_setup, "create topics, dead-letter topics and subscriptions; migrate the store")
-    deploy = sub.add_parser("deploy", help="Kubernetes serving objects", description="Kubernetes serving objects")
-    deploy_sub = deploy.add_subparsers(dest="deploy_command", required=True)
-    text = "print the Kubernetes manifests of a registered version as YAML (--json: a JSON list)"
-    p = deploy_sub.add_parser("render", help=text, description=text)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_deploy_render)
-    p.add_argument("name")
-    p.add_argument("version", help="a version string or an alias")
-    p.add_argument("--namespace", help="default: RELEASE_K8S_NAMESPACE")
-    p.add_argument("--image", help="serving pod image; default: RELEASE_K8S_IMAGE")
-    p.add_argument("--accelerator", help="GKE accelerator label value, e.g. nvidia-l4")
-    p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
-                   help="request GPUs (default: RELEASE_GPU=on)")
+    _add_deploy(sub)
     p = command("run", cmd_run, "process everything in the bucket through the whole flow")
     p.add_argument("--until-idle", action="store_true", help="exit once no work is pending")
     command("models", cmd_models, "list models")

@@ -19,15 +19,14 @@ from release.db import session_scope
 from schemas.error_table import http_status, retry_after
 from schemas.errors import BadRequest, ReleaseError
 
+Action = Callable[[Request, str, dict[str, Any]], dict[str, Any]]
 
-def management_routes(app: App) -> list[Route]:
-    """Token-protected writes beside the router: promote, rollback, ground-truth feedback. Every write is audited
-    (promote and rollback in the registry's audit log, feedback with its actor); errors map to HTTP status through
-    the one error table."""
 
+def _writer(app: App) -> Callable[[Action], Callable[..., Any]]:
+    """Wraps an action as an endpoint: authenticate (the actor), parse the JSON object body, answer errors."""
     identities = authenticator(app.settings)
 
-    def write(action: Callable[[Request, str, dict[str, Any]], dict[str, Any]]) -> Callable[..., Any]:
+    def write(action: Action) -> Callable[..., Any]:
         async def endpoint(request: Request) -> Response:
             try:
                 actor = await asyncio.to_thread(identities.actor, request.headers.get("authorization"))
@@ -44,6 +43,14 @@ def management_routes(app: App) -> list[Route]:
             return JSONResponse(result)
 
         return endpoint
+
+    return write
+
+
+def management_routes(app: App) -> list[Route]:
+    """Authenticated writes beside the router: promote, rollback, ground-truth feedback, operator policies. Every
+    write is audited (in the registry's audit log, feedback with its actor)."""
+    write = _writer(app)
 
     def promote(request: Request, actor: str, body: dict[str, Any]) -> dict[str, Any]:
         step = app.controller.promote(request.path_params["model"], request.path_params["version"], actor=actor,
