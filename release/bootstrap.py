@@ -50,8 +50,9 @@ def _local_bus(_settings: Settings, engine: Engine) -> EventBus:
 def _pubsub_bus(settings: Settings, engine: Engine) -> EventBus:
     from release.adapters.pubsub_bus import PubSubEventBus
 
+    relay = frozenset(t.strip() for t in settings.relay_topics.split(",") if t.strip()) or None
     return PubSubEventBus(session_factory=session_factory(engine), project=settings.gcp_project,
-                          emulator_host=settings.pubsub_emulator_host or None)
+                          emulator_host=settings.pubsub_emulator_host or None, relay_topics=relay)
 
 
 def _local_serving(settings: Settings) -> ServingBackend:

@@ -6,7 +6,7 @@ event exists if and only if the state change that produced it committed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
@@ -33,11 +33,13 @@ def append(session: Session, event: CloudEvent, *, topic: Topic) -> EventRecord:
     return row
 
 
-def unpublished(session: Session, *, limit: int = 500) -> Sequence[EventRecord]:
-    """Journalled events not yet handed to an external transport, oldest first."""
-    query = (select(EventRecord).where(col(EventRecord.published_at).is_(None))
-             .order_by(col(EventRecord.seq)).limit(limit))
-    return session.exec(query).all()
+def unpublished(session: Session, *, limit: int = 500,
+                topics: Collection[str] | None = None) -> Sequence[EventRecord]:
+    """Journalled events not yet handed to an external transport, oldest first (only of ``topics`` if given)."""
+    query = select(EventRecord).where(col(EventRecord.published_at).is_(None))
+    if topics is not None:
+        query = query.where(col(EventRecord.topic).in_(sorted(topics)))
+    return session.exec(query.order_by(col(EventRecord.seq)).limit(limit)).all()
 
 
 def mark_published(session: Session, seqs: Sequence[int]) -> None:

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     k8s_image: str = Field(default="ghcr.io/modelrelease/pod:latest", description="Serving pod image.")
     storage_emulator_host: str = Field(default="", validation_alias="STORAGE_EMULATOR_HOST",
                                        description="Google's own variable: a GCS emulator to talk to instead.")
+    relay_topics: str = Field(
+        default="", description="Pub/Sub bus: comma-separated topics this process relays from the journal (those its "
+                                "identity may publish to); empty = every topic.")
     pubsub_emulator_host: str = Field(default="", validation_alias="PUBSUB_EMULATOR_HOST",
                                       description="Google's own variable: a Pub/Sub emulator to talk to instead.")
     fault_crash_at: str = Field(default="", description="Testing only: SIGKILL the process at this controller step.")

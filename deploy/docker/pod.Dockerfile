@@ -2,9 +2,11 @@
 # The serving pod: `python -m handlers.server` on a CUDA runtime. Ships handlers/ and schemas/ only, never the
 # control plane. Build from the repository root:
 #   docker build -f deploy/docker/pod.Dockerfile -t REGION-docker.pkg.dev/PROJECT/model-release/pod:TAG .
-# The PyTorch runtime image brings torch, CUDA and cuDNN (the GPU driver comes from the node); pick a tag
-# whose CUDA version the cluster's driver supports.
-ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# torch comes from pod-requirements.txt, pinned to the version the test suite runs with (the Makefile's TORCH;
+# tests/kubernetes/test_pod_image.py keeps the two in step). Its Linux wheels bring the CUDA and cuDNN libraries;
+# the GPU driver comes from the node. torch >= 2.6 is required: earlier versions load pickles with
+# weights_only=True unsafely (CVE-2025-32434).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

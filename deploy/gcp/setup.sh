@@ -7,7 +7,8 @@
 # a GKE Autopilot cluster (GPUs on demand, Workload Identity, Managed Prometheus), IAM for every identity,
 # the control plane in the cluster and the dashboard. Running it again converges instead of failing.
 #
-# Usage: PROJECT_ID=my-project deploy/gcp/setup.sh        (from the repository root, gcloud logged in)
+# Usage: PROJECT_ID=my-project deploy/gcp/setup.sh                 (from the repository root, gcloud logged in)
+#        PROJECT_ID=my-project deploy/gcp/setup.sh grant-model NAME (onboard a model: its pods' identity)
 # Every setting below can be overridden from the environment.
 set -euo pipefail
 
@@ -30,8 +31,17 @@ IMAGE_TAG="${IMAGE_TAG:-$(git rev-parse --short HEAD 2>/dev/null || echo latest)
 SKIP_BUILD="${SKIP_BUILD:-0}"
 
 TOPICS=(model-events prediction-logs drift-metrics alerts)
-# subscription:topic pairs, named as the services ensure them at start (controller: release/bootstrap.py).
-SUBSCRIPTIONS=(controller:model-events monitor:prediction-logs)
+# subscription:topic pairs, named as the services ensure them (release/bootstrap.py, monitoring/monitor.py).
+SUBSCRIPTIONS=(controller:model-events drift-profiles:model-events drift-monitor:prediction-logs)
+# What each workload identity may do on Pub/Sub, by name: role=publish-topics|consume-subscriptions. A role
+# publishes only what it journals (its RELEASE_RELAY_TOPICS in deploy/k8s) and the dead-letter topics of the
+# subscriptions it consumes; nobody holds pubsub.editor, so the router cannot publish a rollback request.
+GRANTS=(
+  "release-control-plane=model-events,model-events-dead-letter|controller"
+  "release-router=prediction-logs|"
+  "release-api=model-events,drift-metrics|"
+  "release-monitor=drift-metrics,alerts,model-events,model-events-dead-letter,prediction-logs-dead-letter|drift-monitor,drift-profiles"
+)
 DEAD_LETTER_SUFFIX="-dead-letter"
 MAX_DELIVERY_ATTEMPTS="${MAX_DELIVERY_ATTEMPTS:-5}"
 
@@ -189,7 +199,7 @@ EOF
 
 deploy_intake_function() {
   log "Intake Cloud Function ${FUNCTION} (gen2) on object-finalized events of gs://${BUCKET}"
-  local project_number role secret stage="$WORKDIR/intake"
+  local project_number role stage="$WORKDIR/intake"
   project_number="$(project_number)"
   exists gcloud iam service-accounts describe "$INTAKE_SA" --project "$PROJECT_ID" ||
     gcloud iam service-accounts create "$FUNCTION" --project "$PROJECT_ID" --display-name "Model release intake"
@@ -197,16 +207,17 @@ deploy_intake_function() {
   gcloud projects add-iam-policy-binding "$PROJECT_ID" --condition None --quiet >/dev/null \
     --member "serviceAccount:service-${project_number}@gs-project-accounts.iam.gserviceaccount.com" \
     --role roles/pubsub.publisher
-  for role in roles/eventarc.eventReceiver roles/run.invoker roles/pubsub.publisher; do
+  for role in roles/eventarc.eventReceiver roles/run.invoker; do
     gcloud projects add-iam-policy-binding "$PROJECT_ID" --condition None --quiet >/dev/null \
       --member "serviceAccount:${INTAKE_SA}" --role "$role"
   done
+  # Intake publishes registrations and rejections, on one topic.
+  gcloud pubsub topics add-iam-policy-binding model-events --project "$PROJECT_ID" --quiet >/dev/null \
+    --member "serviceAccount:${INTAKE_SA}" --role roles/pubsub.publisher
   gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --quiet >/dev/null \
     --member "serviceAccount:${INTAKE_SA}" --role roles/storage.objectAdmin
-  for secret in release-db-url release-api-token; do
-    gcloud secrets add-iam-policy-binding "$secret" --project "$PROJECT_ID" --quiet >/dev/null \
-      --member "serviceAccount:${INTAKE_SA}" --role roles/secretmanager.secretAccessor
-  done
+  gcloud secrets add-iam-policy-binding release-db-url --project "$PROJECT_ID" --quiet >/dev/null \
+    --member "serviceAccount:${INTAKE_SA}" --role roles/secretmanager.secretAccessor
 
   # Cloud Functions loads main.py from the source root: stage the packages with a one-line shim.
   rm -rf "$stage" && mkdir -p "$stage"
@@ -223,8 +234,8 @@ deploy_intake_function() {
     --trigger-service-account "$INTAKE_SA" --service-account "$INTAKE_SA" \
     --retry --vpc-connector "$CONNECTOR" --egress-settings private-ranges-only \
     --memory 1Gi --timeout 540s --max-instances 20 \
-    --set-env-vars "RELEASE_BUCKET=gs://${BUCKET},RELEASE_BUS=pubsub,RELEASE_GCP_PROJECT=${PROJECT_ID},RELEASE_LOG_FORMAT=json,RELEASE_HOME=/tmp/release" \
-    --set-secrets "RELEASE_DB_URL=release-db-url:latest,RELEASE_API_TOKEN=release-api-token:latest"
+    --set-env-vars "RELEASE_BUCKET=gs://${BUCKET},RELEASE_BUS=pubsub,RELEASE_GCP_PROJECT=${PROJECT_ID},RELEASE_LOG_FORMAT=json,RELEASE_HOME=/tmp/release,RELEASE_RELAY_TOPICS=model-events" \
+    --set-secrets "RELEASE_DB_URL=release-db-url:latest"
 }
 
 create_cluster() {
@@ -238,18 +249,48 @@ create_cluster() {
 
 grant_workloads() {
   log "IAM for the cluster's service accounts (Workload Identity Federation for GKE)"
-  local ksa role
-  gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --quiet >/dev/null \
-    --member "$(ksa_principal model-pod)" --role roles/storage.objectViewer
-  for ksa in release-control-plane release-app; do
-    gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --quiet >/dev/null \
-      --member "$(ksa_principal "$ksa")" --role roles/storage.objectAdmin
-    # Editor, not publisher/subscriber: the services ensure their own subscriptions at start.
-    for role in roles/pubsub.editor roles/monitoring.metricWriter; do
-      gcloud projects add-iam-policy-binding "$PROJECT_ID" --condition None --quiet >/dev/null \
-        --member "$(ksa_principal "$ksa")" --role "$role"
+  local grant ksa topics subscriptions topic subscription
+  for grant in "${GRANTS[@]}"; do
+    ksa="${grant%%=*}"
+    topics="${grant#*=}"
+    subscriptions="${topics#*|}"
+    topics="${topics%%|*}"
+    for topic in ${topics//,/ }; do
+      gcloud pubsub topics add-iam-policy-binding "$topic" --project "$PROJECT_ID" --quiet >/dev/null \
+        --member "$(ksa_principal "$ksa")" --role roles/pubsub.publisher
+    done
+    for subscription in ${subscriptions//,/ }; do
+      gcloud pubsub subscriptions add-iam-policy-binding "$subscription" --project "$PROJECT_ID" --quiet >/dev/null \
+        --member "$(ksa_principal "$ksa")" --role roles/pubsub.subscriber
     done
   done
+  # The controller and the monitor read artifacts (eval sets, reference samples); nobody in the cluster writes
+  # to the bucket (intake, a Cloud Function, writes REJECTED.json).
+  for ksa in release-control-plane release-monitor; do
+    gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --quiet >/dev/null \
+      --member "$(ksa_principal "$ksa")" --role roles/storage.objectViewer
+  done
+  for ksa in release-control-plane release-monitor release-api; do
+    gcloud projects add-iam-policy-binding "$PROJECT_ID" --condition None --quiet >/dev/null \
+      --member "$(ksa_principal "$ksa")" --role roles/monitoring.metricWriter
+  done
+}
+
+# grant_model NAME: onboard a model. Its serving pods run as the Kubernetes service account model-NAME, which may
+# read objects under models/NAME/ and nothing else (an IAM condition on the object name), so model code can
+# never read another model's artifacts. Run `deploy/gcp/setup.sh grant-model NAME` once per model.
+grant_model() {
+  local model="$1" ksa="model-$1"
+  [[ "$model" =~ ^[a-z0-9][a-z0-9-]{0,62}$ ]] || { echo "not a model name: ${model}" >&2; return 2; }
+  log "Onboarding model ${model}: service account ${ksa}, reader of gs://${BUCKET}/models/${model}/ only"
+  gcloud container clusters get-credentials "$CLUSTER" --region "$REGION" --project "$PROJECT_ID"
+  kubectl -n "$NAMESPACE" create serviceaccount "$ksa" --dry-run=client -o yaml |
+    kubectl label --local -f - app.kubernetes.io/part-of=model-release -o yaml |
+    kubectl apply -f -
+  kubectl -n "$NAMESPACE" patch serviceaccount "$ksa" -p '{"automountServiceAccountToken": false}'
+  gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --quiet >/dev/null \
+    --member "$(ksa_principal "$ksa")" --role roles/storage.objectViewer \
+    --condition "title=model-${model}-only,expression=resource.name.startsWith(\"projects/_/buckets/${BUCKET}/objects/models/${model}/\")"
 }
 
 deploy_control_plane() {
@@ -295,6 +336,10 @@ create_dashboard() {
 
 main() {
   gcloud config set project "$PROJECT_ID" >/dev/null
+  if [[ "${1:-}" == "grant-model" ]]; then
+    grant_model "${2:?usage: deploy/gcp/setup.sh grant-model NAME}"
+    return
+  fi
   enable_apis
   create_registry
   create_bucket
@@ -307,7 +352,8 @@ main() {
   grant_workloads
   deploy_control_plane
   create_dashboard
-  log "Done. Upload a model: gcloud storage cp -r MODEL_DIR gs://${BUCKET}/models/NAME/VERSION/"
+  log "Done. Onboard a model with: deploy/gcp/setup.sh grant-model NAME"
+  log "then upload it: gcloud storage cp -r MODEL_DIR gs://${BUCKET}/models/NAME/VERSION/"
 }
 
 main "$@"

@@ -79,8 +79,10 @@ class ServingOptions:
     fetch_resources: Resources = Resources(cpu="500m", memory="1Gi", ephemeral_storage="1Gi")
     model_volume_limit: str = "16Gi"
     """Size limit of the ``emptyDir`` that holds the model files; keep it below ``ephemeral_storage``."""
-    service_account: str = "model-pod"
-    """Kubernetes service account of the pods; Workload Identity maps it to a bucket reader."""
+    service_account_prefix: str = "model-"
+    """A model's pods run as the Kubernetes service account ``PREFIX<model>``, which the operator creates when
+    onboarding the model (``deploy/gcp/setup.sh grant-model NAME``): Workload Identity maps it to a reader of that
+    model's bucket prefix alone, and an unknown model's pods never start."""
     run_as_user: int = 10001
     """The non-root uid the images are built with (``deploy/docker``)."""
     min_replicas: int = 1
@@ -244,7 +246,7 @@ def _pod_spec(spec: DeploymentSpec, options: ServingOptions) -> dict[str, Any]:
         source, _ = _artifact_source(spec.artifact_uri)
         init, artifact = [], source
     pod: dict[str, Any] = {
-        "serviceAccountName": options.service_account,
+        "serviceAccountName": f"{options.service_account_prefix}{spec.model}",
         # One Service per version in the namespace: injected service env vars would grow with every release.
         "enableServiceLinks": False,
         "securityContext": {

@@ -31,5 +31,9 @@ def create_subscription(subscriber: pubsub_v1.SubscriberClient, subscription: pu
         subscriber.create_subscription(request=subscription)
     except api_exceptions.AlreadyExists:
         pass
+    except api_exceptions.PermissionDenied:
+        # Deployed roles hold subscriber on their own subscriptions, not the right to create any; setup.sh
+        # created them. A missing one makes the pull itself fail loudly.
+        log.info("pubsub.subscription_create_denied", subscription=subscription.name)
     except Exception as e:  # raise_pubsub_error re-raises anything it does not know
         raise_pubsub_error(e, f"creation of subscription {subscription.name}")

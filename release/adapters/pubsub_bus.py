@@ -78,17 +78,19 @@ class PubSubEventBus:
     def __init__(self, *, session_factory: Callable[[], Session], project: str,
                  emulator_host: str | None = None, topic_prefix: str = "",
                  max_outstanding_messages: int = 100, publish_timeout_s: float = 60.0,
-                 relay_batch_size: int = 500) -> None:
+                 relay_batch_size: int = 500, relay_topics: frozenset[str] | None = None) -> None:
         """``emulator_host`` (``PUBSUB_EMULATOR_HOST``, passed in by the bootstrap) selects a plaintext
         channel to an emulator; without it the clients use Application Default Credentials. ``topic_prefix``
         goes in front of every topic and subscription name, so several installations (or tests) share one
-        project."""
+        project. ``relay_topics`` limits ``flush`` to the topics this process's identity may publish to (each
+        Deployment relays its own; None relays every topic)."""
         self._session_factory = session_factory
         self._project = project
         self._prefix = topic_prefix
         self._max_outstanding = max_outstanding_messages
         self._publish_timeout_s = publish_timeout_s
         self._relay_batch_size = relay_batch_size
+        self._relay_topics = relay_topics
         publisher_kwargs: dict[str, Any] = {}
         subscriber_kwargs: dict[str, Any] = {}
         if emulator_host:
@@ -187,7 +189,7 @@ class PubSubEventBus:
         with self._relay_lock:
             while True:
                 with self._session_factory() as session:
-                    rows = journal.unpublished(session, limit=self._relay_batch_size)
+                    rows = journal.unpublished(session, limit=self._relay_batch_size, topics=self._relay_topics)
                     batch = [(row.seq, row.topic, journal.to_event(row)) for row in rows]
                 if not batch:
                     return sent

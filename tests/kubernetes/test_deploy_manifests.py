@@ -74,3 +74,43 @@ def test_control_plane_pods_are_locked_down() -> None:
             assert security["readOnlyRootFilesystem"] is True
             assert security["allowPrivilegeEscalation"] is False
             assert security["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_only_the_api_receives_the_api_token() -> None:
+    """The token that authorises writes reaches the API Deployment and no other role."""
+    holders = {d["metadata"]["name"] for d in _of_kind("Deployment")
+               for c in d["spec"]["template"]["spec"]["containers"] for e in c.get("env", [])
+               if e["name"] == "RELEASE_API_TOKEN"}
+    assert holders == {"release-api"}
+
+
+def test_each_role_runs_as_its_own_identity_and_relays_only_its_topics() -> None:
+    """One service account per role, and each relays only the topics setup.sh lets it publish to."""
+    deployments = {d["metadata"]["name"]: d["spec"]["template"]["spec"] for d in _of_kind("Deployment")}
+    accounts = {name: spec["serviceAccountName"] for name, spec in deployments.items()}
+    assert len(set(accounts.values())) == len(accounts)
+    setup = (DEPLOY_K8S.parent / "gcp" / "setup.sh").read_text()
+    for name, spec in deployments.items():
+        relay = next(e["value"] for e in spec["containers"][0]["env"] if e["name"] == "RELEASE_RELAY_TOPICS")
+        grant = next(line for line in setup.splitlines() if line.strip().startswith(f'"{accounts[name]}='))
+        published = grant.split("=", 1)[1].split("|")[0].split(",")
+        assert set(relay.split(",")) <= set(published), name
+    assert "roles/pubsub.editor" not in setup
+
+
+def test_model_pods_accept_only_the_serving_path_and_reach_only_dns_metadata_and_https() -> None:
+    """The NetworkPolicy selects the rendered model pods, admits router, controller and Prometheus, and lets
+    them out only to DNS, the metadata server and HTTPS outside the private ranges."""
+    (policy,) = _of_kind("NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "model-server",
+                                                  "app.kubernetes.io/component": "serving"}
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    (ingress,) = spec["ingress"]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 8080}]
+    sources = ingress["from"]
+    assert sources[0]["podSelector"]["matchExpressions"][0]["values"] == ["router", "controller"]
+    assert sources[1]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "gmp-system"}
+    https = spec["egress"][-1]
+    assert https["ports"] == [{"protocol": "TCP", "port": 443}]
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(https["to"][0]["ipBlock"]["except"])
