@@ -179,6 +179,9 @@ class Intake:
         objects = {info.name: info for info in self._store.list(ref.prefix)}
         manifest_info = objects.get(ref.prefix + MANIFEST_FILENAME)
         if manifest_info is None:
+            # Listing does not descend through links; asking for the manifest directly refuses a linked version
+            # folder (unsafe_symlink) instead of waiting for files that will never be listed.
+            self._store.stat(ref.prefix + MANIFEST_FILENAME)
             if final:
                 raise ArtifactRejected(f"{ref.prefix} has files but no {MANIFEST_FILENAME}",
                                        reason=Reason.MANIFEST_MISSING, file=MANIFEST_FILENAME)
@@ -348,7 +351,12 @@ class Intake:
                                   topic=Topic.MODEL_EVENTS, session=session)
         if not repeated:
             # Written after the commit: a crash in between leaves the event and a retry writes the report.
-            self._store.write(ref.report_name, json.dumps(report, indent=2).encode())
+            try:
+                self._store.write(ref.report_name, json.dumps(report, indent=2).encode())
+            except ArtifactRejected as unwritable:
+                # The artifact's own folder is unsafe to write into (a symlink out of the bucket): the verdict
+                # stays in the registry and the artifact.rejected event, and nothing is written anywhere.
+                bound.warning("artifact.report_unwritable", error=str(unwritable))
             bound.warning("artifact.rejected", reason=str(rejection.reason), error=rejection.message,
                           file=rejection.file)
         return IntakeResult(status="rejected", artifact=ref.prefix, model=ref.model, version=ref.version,

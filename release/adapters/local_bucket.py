@@ -86,8 +86,17 @@ class LocalFolderStore:
         return self._root
 
     def _path(self, name: str) -> Path:
-        path = (self._root / name)
-        if not str(path.resolve(strict=False)).startswith(str(self._root)) and not path.is_symlink():
+        """The file of object ``name``, checked on resolved paths: every folder between the bucket and the object
+        must be a real folder inside the bucket. A symlinked folder would carry reads, and writes such as
+        REJECTED.json, outside it. The object itself being a link is refused where it is opened."""
+        path = self._root / name
+        folder = self._root
+        for part in Path(name).parent.parts:
+            folder = folder / part
+            if folder.is_symlink():
+                raise ArtifactRejected(f"{folder.relative_to(self._root)} is a symbolic link; artifacts must contain "
+                                       "plain files and folders", reason=Reason.UNSAFE_SYMLINK, file=name)
+        if not path.parent.resolve(strict=False).is_relative_to(self._root):
             raise ArtifactRejected(f"object name {name!r} escapes the bucket", reason=Reason.UNSAFE_PATH,
                                    file=name)
         return path
