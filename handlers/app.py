@@ -6,7 +6,7 @@ and ``/predictions/{m}[/{v}]`` (plus a ``/predict`` alias), and Prometheus ``/me
 several HTTP worker processes serve one model).
 
 The routes talk to a ``ServingRuntime``: the model itself in this process (``dataplane.ModelRuntime``) or a front
-that hands decoded requests to the model process (``workers.FrontRuntime``).
+that hands decoded requests to the model process (``front.FrontRuntime``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,130 @@
+"""The messages an HTTP front and the model process send each other over their pipes (``channel``).
+
+Front to model process: ``InferBatch`` (requests decoded in one event-loop turn) and ``ScrapeRequest``. Model
+process to front: ``ModelReady`` (once, when the model is loaded), ``Results`` (one batch's answers for that
+front) and ``ScrapeReply``. Each is a NamedTuple, so it pickles about as small as a bare tuple while both ends
+read its fields by name. Tensors do not travel in these messages when they fit the front's arena: a ``Job``
+then carries only their ``Placement``.
+
+A ``ReleaseError`` crosses as a ``PackedError``: handler code's own subclasses are not importable in a front,
+and some constructors take required keyword arguments, so it travels as its ``schemas.errors`` class, message
+and attributes, and is rebuilt without calling a constructor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from handlers.arena import Placement
+from handlers.base import InferenceRequest, InferenceResult, Tensors
+from schemas.errors import ReleaseError
+from schemas.manifest import TensorSpec
+
+
+class PackedError(NamedTuple):
+    """A ``ReleaseError`` as plain, importable parts."""
+
+    kind: type[ReleaseError]
+    message: str
+    state: dict[str, Any]
+
+    @classmethod
+    def of(cls, error: ReleaseError) -> PackedError:
+        """The error as its nearest ``schemas.errors`` class, its message and its attributes."""
+        kind = next(c for c in type(error).__mro__ if c.__module__ == ReleaseError.__module__)
+        return cls(kind, error.message, dict(vars(error)))
+
+    def unpack(self) -> ReleaseError:
+        """The error again, without calling its constructor."""
+        error = self.kind.__new__(self.kind)
+        Exception.__init__(error, self.message)
+        vars(error).update(self.state)
+        return error
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    """What a front must know about the model before it serves."""
+
+    name: str
+    version: str
+    input_specs: list[TensorSpec] | None
+    metadata: dict[str, Any]
+
+
+class WireRequest(NamedTuple):
+    """An ``InferenceRequest`` as it crosses: ``inputs`` is None when its tensors lie in the front's arena."""
+
+    id: str
+    inputs: Tensors | None
+    raw: bytes | None
+    json_body: Any
+    content_type: str
+    headers: dict[str, str]
+    parameters: dict[str, Any]
+
+    @classmethod
+    def of(cls, request: InferenceRequest, *, inline: bool) -> WireRequest:
+        """The request's parts as plain values, its tensors left out unless ``inline``."""
+        return cls(request.id, request.inputs if inline else None, request.raw, request.json_body,
+                   request.content_type, dict(request.headers), dict(request.parameters))
+
+    def restore(self, arena_inputs: Tensors | None) -> InferenceRequest:
+        """The request again, with ``arena_inputs`` (views of the arena) when its tensors did not travel inline."""
+        inputs = arena_inputs if arena_inputs is not None else self.inputs or {}
+        return InferenceRequest(id=self.id, inputs=inputs, raw=self.raw, json_body=self.json_body,
+                                content_type=self.content_type, headers=self.headers, parameters=self.parameters)
+
+
+class Job(NamedTuple):
+    """One request for the model process; the front matches the answer to its waiter by ``job_id``."""
+
+    job_id: int
+    request: WireRequest
+    placement: Placement | None  # None: the tensors travel inline, or there are none
+    timeout_s: float
+
+
+class Outcome(NamedTuple):
+    """One job's answer."""
+
+    job_id: int
+    result: InferenceResult | PackedError
+
+
+# ------------------------------------------------------------------------------------------ front -> model
+class InferBatch(NamedTuple):
+    """Requests a front decoded in one event-loop turn."""
+
+    jobs: list[Job]
+
+
+class ScrapeRequest(NamedTuple):
+    """A front asks for the pod's metrics; the reply carries the same ``token``."""
+
+    token: int
+
+
+# ------------------------------------------------------------------------------------------ model -> front
+class ModelReady(NamedTuple):
+    """The model is loaded: the front may serve."""
+
+    info: ModelInfo
+
+
+class Results(NamedTuple):
+    """Answers for one front's jobs (from one batch, or refused at once)."""
+
+    outcomes: list[Outcome]
+
+
+class ScrapeReply(NamedTuple):
+    """The pod's metrics, in Prometheus text, for the ``ScrapeRequest`` with the same ``token``."""
+
+    token: int
+    text: bytes
+
+
+FrontMessage = InferBatch | ScrapeRequest
+HubMessage = ModelReady | Results | ScrapeReply
