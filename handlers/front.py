@@ -4,7 +4,7 @@ A front listens on the pod's port (``SO_REUSEPORT``: the kernel spreads connecti
 ``app.PodApi`` over a ``FrontRuntime`` and hands decoded requests to the model process (``hub.ModelHub``) in
 ``messages.InferBatch`` messages: requests decoded in the same event-loop turn travel together, their tensors in
 the front's shared-memory ``Arena`` when they fit. A reader thread settles each request's future when its
-``Outcome`` comes back. If the model process goes away, every waiting request fails and the front exits.
+answer comes back in ``Results``. If the model process goes away, every waiting request fails and the front exits.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import itertools
 import os
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -31,12 +31,10 @@ from handlers.messages import (
     Job,
     ModelInfo,
     ModelReady,
-    Outcome,
     PackedError,
     Results,
     ScrapeReply,
     ScrapeRequest,
-    WireRequest,
 )
 from handlers.settings import PodSettings
 from schemas.errors import Reason, ReleaseError, TemporaryError
@@ -86,7 +84,7 @@ class RemoteBatcher:
         if placement is not None:
             self._held[job_id] = placement.start
             self._counts.blocks = len(self._held)
-        self._outbox.append(Job(job_id, WireRequest.of(request, inline=placement is None), placement, timeout_s))
+        self._outbox.append(Job.of(job_id, request, placement=placement, timeout_s=timeout_s))
         if len(self._outbox) == 1:
             loop.call_soon(self._flush)
         self._counts.sent += 1
@@ -104,11 +102,11 @@ class RemoteBatcher:
             self._requests.send(InferBatch(jobs))
         except ChannelClosed:
             gone = PackedError.of(model_process_gone())
-            self.settle([Outcome(job.job_id, gone) for job in jobs])
+            self.settle(Results([job.job_id for job in jobs], [gone] * len(jobs)))
 
-    def settle(self, outcomes: Sequence[Outcome]) -> None:
+    def settle(self, answers: Results) -> None:
         """Release answered jobs' arena blocks and resolve their futures (on the event loop); late ones drop."""
-        for job_id, result in outcomes:
+        for job_id, result in zip(answers.job_ids, answers.results, strict=True):
             block = self._held.pop(job_id, None)
             if block is not None:
                 assert self._arena is not None
@@ -211,7 +209,7 @@ class FrontRuntime:
                 loop.call_soon_threadsafe(self._lost)
                 return
             if isinstance(message, Results):
-                loop.call_soon_threadsafe(self._batcher.settle, message.outcomes)
+                loop.call_soon_threadsafe(self._batcher.settle, message)
             elif isinstance(message, ScrapeReply):
                 loop.call_soon_threadsafe(self._settle_scrape, message)
 

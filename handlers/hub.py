@@ -31,7 +31,6 @@ from handlers.messages import (
     Job,
     ModelInfo,
     ModelReady,
-    Outcome,
     PackedError,
     Results,
     ScrapeReply,
@@ -90,13 +89,16 @@ class ModelHub:
 
     def deliver(self, replies: Sequence[Reply], results: Sequence[InferenceResult | ReleaseError]) -> None:
         """Send one batch's results, one message per front (called on the batch worker)."""
-        by_front: dict[int, list[Outcome]] = {}
+        by_front: dict[int, Results] = {}
         for reply, result in zip(replies, results, strict=True):
             assert isinstance(reply, RemoteReply)
-            answer = PackedError.of(result) if isinstance(result, ReleaseError) else result
-            by_front.setdefault(reply.front, []).append(Outcome(reply.job_id, answer))
-        for front, outcomes in by_front.items():
-            self._send(front, Results(outcomes))
+            answers = by_front.get(reply.front)
+            if answers is None:
+                answers = by_front[reply.front] = Results([], [])
+            answers.job_ids.append(reply.job_id)
+            answers.results.append(PackedError.of(result) if isinstance(result, ReleaseError) else result)
+        for front, answers in by_front.items():
+            self._send(front, answers)
 
     def _read(self) -> None:
         with selectors.DefaultSelector() as selector:
@@ -121,17 +123,17 @@ class ModelHub:
     def _submit(self, front: int, jobs: Sequence[Job]) -> None:
         arena = self.links[front].arena
         now = time.perf_counter()
-        items = [(job.request.restore(arena.view(job.placement) if job.placement is not None and arena is not None
-                                      else None),
+        items = [(job.restore(arena.view(job.placement) if job.placement is not None and arena is not None else None),
                   RemoteReply(front, job.job_id, now + job.timeout_s)) for job in jobs]
         self._counters.received(len(jobs))
         self._via_arena.inc(sum(1 for job in jobs if job.placement is not None))
-        self._via_pipe.inc(sum(1 for job in jobs if job.placement is None and job.request.inputs))
+        self._via_pipe.inc(sum(1 for job in jobs if job.placement is None and job.inputs))
         batcher = self.runtime.batcher
         queued = batcher.submit_many(items)
         if queued < len(items):
             refused = PackedError.of(batcher.queue_full())
-            self._send(front, Results([Outcome(job.job_id, refused) for job in jobs[queued:]]))
+            late = jobs[queued:]
+            self._send(front, Results([job.job_id for job in late], [refused] * len(late)))
 
     def close(self) -> None:
         """Close the model process's pipe ends."""

@@ -53,44 +53,35 @@ class ModelInfo:
     metadata: dict[str, Any]
 
 
-class WireRequest(NamedTuple):
-    """An ``InferenceRequest`` as it crosses: ``inputs`` is None when its tensors lie in the front's arena."""
+class Job(NamedTuple):
+    """One request for the model process: the ``InferenceRequest``'s parts, and the front's job id to answer.
 
-    id: str
-    inputs: Tensors | None
+    One flat tuple per request, because every typed object costs the pickler a call per request each way.
+    """
+
+    job_id: int
+    request_id: str
+    inputs: Tensors | None  # None: the tensors lie in the front's arena (``placement``), or there are none
     raw: bytes | None
     json_body: Any
     content_type: str
     headers: dict[str, str]
     parameters: dict[str, Any]
+    placement: Placement | None
+    timeout_s: float
 
     @classmethod
-    def of(cls, request: InferenceRequest, *, inline: bool) -> WireRequest:
-        """The request's parts as plain values, its tensors left out unless ``inline``."""
-        return cls(request.id, request.inputs if inline else None, request.raw, request.json_body,
-                   request.content_type, dict(request.headers), dict(request.parameters))
+    def of(cls, job_id: int, request: InferenceRequest, *, placement: Placement | None, timeout_s: float) -> Job:
+        """The request as plain values; its tensors travel inline unless they were placed in the arena."""
+        return cls(job_id, request.id, request.inputs if placement is None else None, request.raw,
+                   request.json_body, request.content_type, dict(request.headers), dict(request.parameters),
+                   placement, timeout_s)
 
     def restore(self, arena_inputs: Tensors | None) -> InferenceRequest:
         """The request again, with ``arena_inputs`` (views of the arena) when its tensors did not travel inline."""
         inputs = arena_inputs if arena_inputs is not None else self.inputs or {}
-        return InferenceRequest(id=self.id, inputs=inputs, raw=self.raw, json_body=self.json_body,
+        return InferenceRequest(id=self.request_id, inputs=inputs, raw=self.raw, json_body=self.json_body,
                                 content_type=self.content_type, headers=self.headers, parameters=self.parameters)
-
-
-class Job(NamedTuple):
-    """One request for the model process; the front matches the answer to its waiter by ``job_id``."""
-
-    job_id: int
-    request: WireRequest
-    placement: Placement | None  # None: the tensors travel inline, or there are none
-    timeout_s: float
-
-
-class Outcome(NamedTuple):
-    """One job's answer."""
-
-    job_id: int
-    result: InferenceResult | PackedError
 
 
 # ------------------------------------------------------------------------------------------ front -> model
@@ -114,9 +105,10 @@ class ModelReady(NamedTuple):
 
 
 class Results(NamedTuple):
-    """Answers for one front's jobs (from one batch, or refused at once)."""
+    """Answers for one front's jobs (from one batch, or refused at once): ``results[i]`` answers ``job_ids[i]``."""
 
-    outcomes: list[Outcome]
+    job_ids: list[int]
+    results: list[InferenceResult | PackedError]
 
 
 class ScrapeReply(NamedTuple):
