@@ -2,9 +2,10 @@
 
 Front to model process: ``InferBatch`` (requests decoded in one event-loop turn) and ``ScrapeRequest``. Model
 process to front: ``ModelReady`` (once, when the model is loaded), ``Results`` (one batch's answers for that
-front) and ``ScrapeReply``. Each is a NamedTuple, so it pickles about as small as a bare tuple while both ends
-read its fields by name. Tensors do not travel in these messages when they fit the front's arena: a ``Job``
-then carries only their ``Placement``.
+front) and ``ScrapeReply``. Each is a NamedTuple: both ends read fields by name, and it pickles a few bytes
+larger than a bare tuple. What a typed object does cost is a Python call per object on each side of the pipe,
+so the per-request parts are kept few: one flat ``Job`` per request, answers as two lists. Tensors do not
+travel in these messages when they fit the front's arena: a ``Job`` then carries only their ``Placement``.
 
 A ``ReleaseError`` crosses as a ``PackedError``: handler code's own subclasses are not importable in a front,
 and some constructors take required keyword arguments, so it travels as its ``schemas.errors`` class, message
@@ -54,10 +55,7 @@ class ModelInfo:
 
 
 class Job(NamedTuple):
-    """One request for the model process: the ``InferenceRequest``'s parts, and the front's job id to answer.
-
-    One flat tuple per request, because every typed object costs the pickler a call per request each way.
-    """
+    """One request for the model process: the ``InferenceRequest``'s parts, and the front's job id to answer."""
 
     job_id: int
     request_id: str

@@ -102,6 +102,10 @@ class FrontSupervisor:
             if front.pid is not None and front.is_alive():
                 os.kill(front.pid, signal.SIGTERM)
 
+    def expect_exits(self) -> None:
+        """The fronts are about to exit by themselves (the model did not load): that is no failure of theirs."""
+        self.stopping = True
+
     def wait(self, *, timeout_after_stop_s: float) -> int:
         """Wait for every front; one exiting unasked stops the others, and the pod exits non-zero."""
         code = 0
@@ -160,7 +164,7 @@ def serve_workers(settings: PodSettings, *, exit_load_failed: int) -> int:
         log.error("pod.load_failed", artifact=str(settings.artifact), **e.to_dict())
         for link in wiring.links:
             link.replies.close()  # each front reads end of stream and exits
-        supervisor.stopping = True
+        supervisor.expect_exits()
         supervisor.wait(timeout_after_stop_s=LOAD_FAILED_WAIT_S)
         return exit_load_failed
     gc.collect()
