@@ -33,7 +33,6 @@ class FrontCounters:
         table = mp.get_context("fork").RawArray(FrontCounts, fronts)
         # Rows made once: indexing a ctypes array of structures builds a new wrapper each time.
         self._rows: list[FrontCounts] = [table[front] for front in range(fronts)]
-        self._table = table
         self._received = 0
         self.requests = SharedRequestMetrics(fronts)
 
@@ -47,7 +46,10 @@ class FrontCounters:
 
     def arriving(self) -> int:
         """Requests being decoded by a front, or sent and not yet read by the model process."""
-        return sum(row.arriving + row.sent for row in self._rows) - self._received
+        total = -self._received  # a loop, not sum() over a generator: the batcher asks on every submit
+        for row in self._rows:
+            total += row.arriving + row.sent
+        return total
 
     def in_flight(self) -> int:
         """Inference requests received by all fronts and not answered yet."""
