@@ -27,7 +27,7 @@ class FrontCounts(ctypes.Structure):
 
 
 class FrontCounters:
-    """Every front's counts, and how many requests the model process has read from each front (its own, local)."""
+    """Every front's counts, and how many requests the model process has read from them (its own count, not shared)."""
 
     def __init__(self, fronts: int):
         table = mp.get_context("fork").RawArray(FrontCounts, fronts)
