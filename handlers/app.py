@@ -3,10 +3,11 @@
 Open Inference Protocol v2 (health, metadata, infer, with optional ``/versions/{v}``), TorchServe's ``/ping``
 and ``/predictions/{m}[/{v}]`` (plus a ``/predict`` alias), and Prometheus ``/metrics``. Every response carries
 ``X-Request-ID`` (echoed or generated) and ``X-Model-Version`` (and ``X-Pod-Worker``, the front's pid, when
-several HTTP worker processes serve one model).
+several HTTP worker processes serve one model). The request id is bound to the structlog context while a request
+is handled, so every log line of that request carries it; server errors (5xx) are logged as ``request.failed``.
 
 The routes talk to a ``ServingRuntime``: the model itself in this process (``dataplane.ModelRuntime``) or a front
-that hands decoded requests to the model process (``workers.FrontRuntime``).
+that hands decoded requests to the model process (``front.FrontRuntime``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from schemas.errors import NotFound, PermanentError, Reason, ReleaseError, Tempo
 from schemas.manifest import TensorSpec
 
 log = structlog.get_logger("handlers.app")
+HTTP_SERVER_ERROR = 500  # answers from here up are logged: the pod's failures, not the client's
 Endpoint = Callable[[Request, str], Awaitable[Response]]
 
 
@@ -118,8 +120,21 @@ class PodApi:
             response.headers["retry-after"] = after
         return response
 
+    async def _answer(self, name: str, handler: Endpoint, request: Request, request_id: str) -> Response:
+        """The handler's response, or the error table's answer to what it raised (server errors are logged)."""
+        try:
+            return await handler(request, request_id)
+        except ReleaseError as e:
+            error = e
+            if http_status(error) >= HTTP_SERVER_ERROR:
+                log.warning("request.failed", endpoint=name, reason=str(error.reason), error=error.message)
+        except Exception as e:
+            log.exception("request.failed", endpoint=name)
+            error = PermanentError(f"internal error: {type(e).__name__}", reason=Reason.INTERNAL)
+        return self._error_response(error)
+
     def endpoint(self, name: str, handler: Endpoint) -> Callable[[Request], Awaitable[Response]]:
-        """Wrap a route: request id, error table, version header, request count and latency."""
+        """Wrap a route: request id (in the log context too), error table, version header, count and latency."""
         observe = self.runtime.observe
         version = self.runtime.version
         worker = self.runtime.worker
@@ -127,14 +142,8 @@ class PodApi:
         async def route(request: Request) -> Response:
             started = time.perf_counter()
             request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-            try:
-                response = await handler(request, request_id)
-            except ReleaseError as e:
-                response = self._error_response(e)
-            except Exception as e:
-                log.exception("request.failed", endpoint=name, request_id=request_id)
-                response = self._error_response(PermanentError(f"internal error: {type(e).__name__}",
-                                                               reason=Reason.INTERNAL))
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                response = await self._answer(name, handler, request, request_id)
             response.headers["x-request-id"] = request_id
             response.headers["x-model-version"] = version
             if worker is not None:

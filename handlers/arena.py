@@ -17,14 +17,27 @@ from __future__ import annotations
 import mmap
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 ALIGN = 64  # a cache line: no two blocks share one, and every tensor starts aligned for any dtype
 
-# Where a request's tensors lie: the block's offset and, per tensor, (name, offset in block, dtype, shape).
-Placement = tuple[int, list[tuple[str, int, str, tuple[int, ...]]]]
+
+class TensorSlot(NamedTuple):
+    """Where one tensor lies in its block, and what it is."""
+
+    name: str
+    offset: int  # from the block's start
+    dtype: str   # numpy's ``dtype.str``
+    shape: tuple[int, ...]
+
+
+class Placement(NamedTuple):
+    """Where a request's tensors lie: the block's offset in the arena and each tensor's slot in it."""
+
+    start: int
+    tensors: list[TensorSlot]
 
 
 def _aligned(size: int) -> int:
@@ -66,15 +79,15 @@ class Arena:
         layout = []
         total = 0
         for name, array in tensors.items():
-            layout.append((name, total, array.dtype.str, tuple(int(d) for d in array.shape)))
+            layout.append(TensorSlot(name, total, array.dtype.str, tuple(int(d) for d in array.shape)))
             total += _aligned(array.nbytes)
         start = self._take(max(total, ALIGN))
         if start is None:
             return None
-        for (_, offset, _, _), array in zip(layout, tensors.values(), strict=True):
-            target = np.ndarray(array.shape, dtype=array.dtype, buffer=self.memory, offset=start + offset)
+        for slot, array in zip(layout, tensors.values(), strict=True):
+            target = np.ndarray(array.shape, dtype=array.dtype, buffer=self.memory, offset=start + slot.offset)
             np.copyto(target, array, casting="no")
-        return start, layout
+        return Placement(start, layout)
 
     def free(self, start: int) -> None:
         """The model process is done with the block at ``start``; reclaim it and any freed blocks after it."""
@@ -88,7 +101,8 @@ class Arena:
 
     def view(self, placement: Placement) -> dict[str, np.ndarray[Any, Any]]:
         """The placed tensors as arrays over the shared bytes (valid until the front frees the block)."""
-        start, layout = placement
-        return {name: np.ndarray(shape, dtype=np.dtype(dtype), buffer=self.memory, offset=start + offset)
-                for name, offset, dtype, shape in layout}
+        start = placement.start
+        return {slot.name: np.ndarray(slot.shape, dtype=np.dtype(slot.dtype), buffer=self.memory,
+                                      offset=start + slot.offset)
+                for slot in placement.tensors}
 

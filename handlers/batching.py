@@ -75,7 +75,7 @@ class Batcher:
     """Owns the queue and the worker threads. ``infer`` is called on the event loop; the model runs on a worker."""
 
     def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_batch_delay_s: float, queue_size: int,
-                 metrics: PodMetrics, workers: int = 1):
+                 metrics: PodMetrics, workers: int = 1, arriving_elsewhere: Callable[[], int] = _no_one_else):
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._delay = max_batch_delay_s
@@ -89,7 +89,7 @@ class Batcher:
         # Requests whose HTTP handling started but that are not queued yet; written by the event loop only.
         self.arriving = 0
         # The same count for requests being read by other processes (``start_detached``).
-        self.arriving_elsewhere: Callable[[], int] = _no_one_else
+        self._arriving_elsewhere = arriving_elsewhere
         metrics.queue_depth.set_function(lambda: len(self._jobs))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -150,7 +150,7 @@ class Batcher:
             return len(taken)
 
     def _more_coming(self) -> bool:
-        return bool(self.arriving or self.arriving_elsewhere())
+        return bool(self.arriving or self._arriving_elsewhere())
 
     def stop(self, *, timeout_s: float = 30.0) -> None:
         """Let the workers finish what is queued, then end them."""

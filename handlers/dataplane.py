@@ -12,11 +12,12 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import torch
 from prometheus_client import generate_latest
+from prometheus_client.registry import Collector
 
 from handlers.artifact import VerifiedArtifact, open_artifact
 from handlers.base import Handler, HandlerContext, InferenceRequest, InferenceResult
@@ -30,6 +31,27 @@ from schemas.errors import ArtifactRejected, PermanentError, Reason, ReleaseErro
 from schemas.manifest import TensorSpec
 
 log = structlog.get_logger("handlers.dataplane")
+
+
+class FrontTraffic(Protocol):
+    """What HTTP front processes tell the model process when they answer HTTP for it (``--http-workers N``)."""
+
+    @property
+    def requests(self) -> Collector:
+        """The fronts' answered-request counts and latencies."""
+
+    def arriving(self) -> int:
+        """Requests on their way from the fronts, not yet read here."""
+
+    def in_flight(self) -> int:
+        """Inference requests the fronts received and have not answered yet."""
+
+    def handoff_blocks(self) -> int:
+        """Arena blocks the fronts hold for requests not answered yet."""
+
+
+def _no_fronts() -> int:
+    return 0
 
 
 def _as_error(exc: Exception) -> ReleaseError:
@@ -48,16 +70,23 @@ class ModelRuntime:
     settings: PodSettings
     metrics: PodMetrics
     batcher: Batcher = field(init=False)
+    fronts: FrontTraffic | None = None  # None: HTTP is answered in this process
     ready: bool = False
     draining: bool = False
     in_flight: int = 0
 
     def __post_init__(self) -> None:
+        fronts = self.fronts
         self.batcher = Batcher(self.run_batch, max_batch_size=self.settings.max_batch_size,
                                max_batch_delay_s=self.settings.max_batch_delay_ms / 1000.0,
                                queue_size=self.settings.queue_size, metrics=self.metrics,
-                               workers=self.settings.batch_workers)
-        self.metrics.in_flight.set_function(lambda: self.in_flight)
+                               workers=self.settings.batch_workers,
+                               arriving_elsewhere=fronts.arriving if fronts is not None else _no_fronts)
+        if fronts is None:
+            self.metrics.in_flight.set_function(lambda: self.in_flight)
+        else:
+            self.metrics.in_flight.set_function(fronts.in_flight)
+            self.metrics.handoff_blocks.set_function(fronts.handoff_blocks)
 
     @property
     def name(self) -> str:
@@ -129,8 +158,11 @@ def _build_handler(artifact: VerifiedArtifact) -> Handler:
     return handler_class()
 
 
-def load_runtime(settings: PodSettings) -> ModelRuntime:
-    """Verify and load the artifact, initialise and warm its handler. Raises ``ReleaseError`` when it cannot."""
+def load_runtime(settings: PodSettings, *, fronts: FrontTraffic | None = None) -> ModelRuntime:
+    """Verify and load the artifact, initialise and warm its handler. Raises ``ReleaseError`` when it cannot.
+
+    ``fronts``: the HTTP front processes that answer HTTP for this one, if any (their counts feed the metrics).
+    """
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
     device = pick_device(settings.device)
@@ -155,5 +187,7 @@ def load_runtime(settings: PodSettings) -> ModelRuntime:
     except Exception as e:
         raise PermanentError(f"model {artifact.name}:{artifact.version} failed to load: "
                              f"{type(e).__name__}: {e}", reason=Reason.MODEL_LOAD_FAILED) from e
-    metrics = create_metrics(model=artifact.name, version=artifact.version, device=device)
-    return ModelRuntime(artifact=artifact, handler=handler, device=device, settings=settings, metrics=metrics)
+    metrics = create_metrics(model=artifact.name, version=artifact.version, device=device,
+                             request_counts=fronts.requests if fronts is not None else None)
+    return ModelRuntime(artifact=artifact, handler=handler, device=device, settings=settings, metrics=metrics,
+                        fronts=fronts)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -32,9 +33,17 @@ class PodMetrics:
     handoff_blocks: Gauge
 
 
-def create_metrics(*, model: str, version: str, device: torch.device) -> PodMetrics:
-    """A fresh registry with the pod's metrics; GPU memory is read at scrape time when on CUDA."""
+def create_metrics(*, model: str, version: str, device: torch.device,
+                   request_counts: Collector | None = None) -> PodMetrics:
+    """A fresh registry with the pod's metrics; GPU memory is read at scrape time when on CUDA.
+
+    ``request_counts`` exports ``pod_requests`` and ``pod_request_latency_seconds`` when other processes answer
+    HTTP (``FrontCounters.requests``); this process's own ``requests`` and ``latency`` then stay unexported.
+    """
     registry = CollectorRegistry(auto_describe=True)
+    if request_counts is not None:
+        registry.register(request_counts)
+    own_requests = registry if request_counts is None else None
     info = Gauge("pod_model_info", "The model this pod serves (value is always 1).",
                  ["model", "version", "device"], registry=registry)
     info.labels(model, version, device.type).set(1)
@@ -46,9 +55,9 @@ def create_metrics(*, model: str, version: str, device: torch.device) -> PodMetr
     return PodMetrics(
         registry=registry,
         requests=Counter("pod_requests", "Requests answered, by endpoint and HTTP status code.",
-                         ["endpoint", "code"], registry=registry),
+                         ["endpoint", "code"], registry=own_requests),
         latency=Histogram("pod_request_latency_seconds", "Time from request arrival to response, by endpoint.",
-                          ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry),
+                          ["endpoint"], buckets=LATENCY_BUCKETS, registry=own_requests),
         queue_time=Histogram("pod_queue_time_seconds", "Time a request waited in the queue before its batch ran.",
                              buckets=LATENCY_BUCKETS, registry=registry),
         batch_size=Histogram("pod_batch_size", "Requests per batch the model ran.", buckets=_BATCH_BUCKETS,

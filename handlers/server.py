@@ -3,73 +3,29 @@
 Exit codes: 0 after a clean drain, 2 for a bad command line, 3 when the artifact is refused or fails to load
 (the log's last line says why, with its reason code), 1 when an HTTP worker process died unasked.
 
-``--http-workers 1`` (the default) is one process; more puts HTTP front processes before one model process
-(``handlers.workers``).
+``--http-workers 1`` (the default) is one process; more puts HTTP front processes (``handlers.front``) before
+one model process (``handlers.hub``), forked and watched by ``handlers.supervisor``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from types import FrameType
 
 import structlog
-import uvicorn
 
-from handlers.app import PodApi, create_app
+from handlers.app import PodApi
 from handlers.dataplane import load_runtime
+from handlers.draining_server import DrainingServer, uvicorn_config
 from handlers.logs import configure_logging
 from handlers.settings import PodSettings, parse_settings
-from handlers.workers import serve_workers
+from handlers.supervisor import serve_workers
 from schemas.errors import ReleaseError
 
 log = structlog.get_logger("handlers.server")
 EXIT_LOAD_FAILED = 3
-
-
-class DrainingServer(uvicorn.Server):
-    """A uvicorn server whose first SIGTERM drains: readiness goes false, in-flight requests finish, then exit."""
-
-    def __init__(self, config: uvicorn.Config, *, api: PodApi, drain_timeout_s: float):
-        super().__init__(config)
-        self.api = api
-        self.drain_timeout_s = drain_timeout_s
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
-        """Remember the loop the signal handler hands the drain to."""
-        self._loop = asyncio.get_running_loop()
-        await super().startup(sockets=sockets)  # type: ignore[arg-type]
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """First SIGTERM: drain. Anything else (SIGINT, a second signal): uvicorn's own shutdown."""
-        if sig != signal.SIGTERM or self.api.runtime.draining or self._loop is None:
-            super().handle_exit(sig, frame)
-            return
-        self._loop.call_soon_threadsafe(self._start_drain)
-
-    def _start_drain(self) -> None:
-        idle = self.api.begin_drain()
-        log.info("pod.draining", in_flight=self.api.runtime.in_flight, queued=self.api.runtime.batcher.depth)
-        self._drain_task = asyncio.ensure_future(self._drain(idle))
-
-    async def _drain(self, idle: asyncio.Event) -> None:
-        try:
-            await asyncio.wait_for(idle.wait(), timeout=self.drain_timeout_s)
-        except TimeoutError:
-            log.warning("pod.drain_timeout", in_flight=self.api.runtime.in_flight)
-        self.should_exit = True
-
-
-def uvicorn_config(api: PodApi, settings: PodSettings) -> uvicorn.Config:
-    """The uvicorn configuration of a process serving ``api``."""
-    return uvicorn.Config(create_app(api), host=settings.host, port=settings.port, lifespan="on",
-                          log_config=None, access_log=False, server_header=False, date_header=False,
-                          timeout_graceful_shutdown=int(settings.drain_timeout_s) or None)
 
 
 def serve(settings: PodSettings) -> int:

@@ -27,6 +27,7 @@ from pod_testkit import (
     SLOW_HANDLER,
     Artifacts,
     BagOfWords,
+    BatchGate,
     ColorNet,
     Digits,
     Pod,
@@ -109,6 +110,14 @@ def start_pod(tmp_path: Path) -> Iterator[Callable[..., Pod]]:
     yield start
     for pod in pods:
         pod.stop()
+
+
+@pytest.fixture
+def batch_gate(tmp_path: Path) -> Iterator[BatchGate]:
+    """A held ``BatchGate`` for the slow handler; released at the latest when the test ends (before its pods stop)."""
+    gate = BatchGate(tmp_path / "batch-gate")
+    yield gate
+    gate.release()
 
 
 @pytest.fixture(scope="module")

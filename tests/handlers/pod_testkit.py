@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -108,7 +109,9 @@ class Artifacts:
 
 
 SLOW_HANDLER = '''
-"""Tabular handler with test knobs: parameters.sleep_s delays the batch, parameters.fail raises."""
+"""Tabular handler with test knobs: parameters.sleep_s delays the batch, parameters.fail raises, and
+parameters.gate (a file path) holds the batch until the test lets go of that file's lock (a BatchGate)."""
+import fcntl
 import time
 
 from handlers.builtin.tabular import TabularHandler
@@ -118,9 +121,38 @@ class SlowTabular(TabularHandler):
     def preprocess(self, batch):
         if any(request.parameters.get("fail") for request in batch):
             raise RuntimeError("asked to fail")
+        for gate in {request.parameters["gate"] for request in batch if "gate" in request.parameters}:
+            with open(gate, "rb") as held:
+                fcntl.flock(held, fcntl.LOCK_SH)
         time.sleep(max([float(request.parameters.get("sleep_s", 0)) for request in batch]))
         return super().preprocess(batch)
 '''
+
+
+class BatchGate:
+    """Holds the slow handler's batches that name it (``parameters={"gate": str(gate.path)}``) until released.
+
+    An exclusive ``flock`` on a file: the handler's shared lock waits for it, so a test decides when a batch
+    ends instead of guessing how long a sleep outlasts its checks.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.touch()
+        self._file = path.open("rb")
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        """Let every held batch (and any later one) run."""
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+    def __enter__(self) -> BatchGate:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 MAR_CLASS_HANDLER = '''
 """A TorchServe BaseHandler subclass: JSON rows in, predicted digit and its probability per row out."""
@@ -214,14 +246,26 @@ def infer_body(rows: np.ndarray, **extra: Any) -> dict[str, Any]:
                         "data": rows.ravel().tolist()}], **extra}
 
 
-def eventually(read: Callable[[], Any], predicate: Callable[[Any], bool], *, timeout_s: float = 5.0) -> Any:
-    """``read()`` polled (bounded) until ``predicate`` holds for it; returns the last value read."""
+SAFETY_NET_S = 60.0  # how long a condition that never comes is waited for: a hang guard, not a speed bound
+
+
+def eventually(read: Callable[[], Any], predicate: Callable[[Any], bool], *,
+               timeout_s: float = SAFETY_NET_S) -> Any:
+    """``read()`` polled until ``predicate`` holds for it, and that value; fails only past the safety net.
+
+    For state that only another process knows (a gauge on ``/metrics``, a log file): the pause between reads
+    grows from 5 ms to 200 ms, so a fast condition is seen at once and a slow one is not hammered.
+    """
     deadline = time.monotonic() + timeout_s
+    pause = 0.005
     while True:
         value = read()
-        if predicate(value) or time.monotonic() > deadline:
+        if predicate(value):
             return value
-        time.sleep(0.02)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met after {timeout_s:g} s; last read {value!r}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 def metric_samples(text: str, name: str) -> dict[str, float]:
@@ -232,7 +276,6 @@ def metric_samples(text: str, name: str) -> dict[str, float]:
             key, value = line.rsplit(" ", 1)
             samples[key] = float(value)
     return samples
-
 
 
 # ---------------------------------------------------------------------------------------------- pods

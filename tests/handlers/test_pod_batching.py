@@ -1,7 +1,8 @@
 """Dynamic batching and failure isolation in a real pod: batches form, errors stay per request, limits hold, drain.
 
-The pod serves a model directory whose handler code (``slow_handler.py``) sleeps for ``parameters.sleep_s`` and
-raises when ``parameters.fail`` is set, so load and faults can be produced on demand.
+The pod serves a model directory whose handler code (``slow_handler.py``) sleeps for ``parameters.sleep_s``,
+raises when ``parameters.fail`` is set and waits for a ``BatchGate`` named by ``parameters.gate``, so load,
+faults and in-flight requests can be produced on demand.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import signal
 
 import httpx
 import pytest
-from pod_testkit import Artifacts, Digits, Pod, eventually, infer_body, metric_samples
+from pod_testkit import Artifacts, BatchGate, Digits, Pod, eventually, infer_body, metric_samples
 
 URL = "/v2/models/slow/infer"
 
@@ -79,26 +80,28 @@ def test_full_queue_is_429_with_retry_after(start_pod, artifacts: Artifacts, dig
     assert all(r.json()["reason"] == "queue_full" and r.headers["retry-after"] == "1" for r in refused)
 
 
-def test_sigterm_drains_in_flight_requests(start_pod, artifacts: Artifacts, digits: Digits):
+def test_sigterm_drains_in_flight_requests(start_pod, artifacts: Artifacts, digits: Digits,
+                                           batch_gate: BatchGate):
     """On SIGTERM readiness turns 503, new requests get 503 not_ready, the in-flight one completes, exit 0."""
     pod = start_pod(artifacts.slow).wait_ready()
 
     async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(base_url=pod.url, timeout=30) as client:
             in_flight = asyncio.create_task(
-                client.post(URL, json=infer_body(digits.x[:1], parameters={"sleep_s": 1.5})))
+                client.post(URL, json=infer_body(digits.x[:1], parameters={"gate": str(batch_gate.path)})))
 
             def gauge() -> float:
                 return metric_samples(httpx.get(f"{pod.url}/metrics").text, "pod_in_flight_requests")[
                     "pod_in_flight_requests"]
 
-            assert await asyncio.to_thread(eventually, gauge, lambda value: value >= 1, timeout_s=10) >= 1
+            assert await asyncio.to_thread(eventually, gauge, lambda value: value >= 1) >= 1
             pod.process.send_signal(signal.SIGTERM)
             ready = await asyncio.to_thread(eventually, lambda: httpx.get(f"{pod.url}/v2/health/ready").status_code,
-                                            lambda code: code == 503, timeout_s=10)
+                                            lambda code: code == 503)
             assert ready == 503
             late = await client.post(URL, json=infer_body(digits.x[:1]))
             ping = await client.get("/ping")
+            batch_gate.release()  # the held request answers only now, while the pod drains
             return await in_flight, late, ping
 
     finished, late, ping = asyncio.run(scenario())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,11 +18,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pod_testkit import Artifacts, Digits, Pod, eventually, infer_body, metric_samples
+from pod_testkit import SAFETY_NET_S, Artifacts, BatchGate, Digits, Pod, eventually, infer_body, metric_samples
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from handlers.app import ROUTES
-from handlers.arena import ALIGN, Arena
+from handlers.arena import ALIGN, Arena, Placement
 from handlers.base import InferenceRequest, InferenceResult
 from handlers.batching import Batcher
 from handlers.metrics import ENDPOINTS, LATENCY_BUCKETS, create_metrics
@@ -41,7 +41,7 @@ def test_arena_round_trips_tensors_of_every_dtype():
     views = arena.view(placement)
     for name, array in tensors.items():
         assert views[name].dtype == array.dtype and np.array_equal(views[name], array)
-    assert all(offset % ALIGN == 0 for _, offset, _, _ in placement[1])
+    assert all(slot.offset % ALIGN == 0 for slot in placement.tensors)
 
 
 def test_full_arena_declines_and_frees_out_of_order_are_reclaimed():
@@ -52,9 +52,9 @@ def test_full_arena_declines_and_frees_out_of_order_are_reclaimed():
     assert all(p is not None for p in placed)
     assert arena.place(block) is None
     assert arena.place({"x": np.zeros(8 << 10, dtype=np.uint8)}) is None  # larger than the whole arena
-    arena.free(placed[1][0])  # type: ignore[index]
+    arena.free(placed[1].start)  # type: ignore[union-attr]
     assert arena.used_blocks == 4 and arena.place(block) is None
-    arena.free(placed[0][0])  # type: ignore[index]
+    arena.free(placed[0].start)  # type: ignore[union-attr]
     assert arena.used_blocks == 2
     assert arena.place(block) is not None and arena.place(block) is not None
     assert arena.place(block) is None
@@ -65,20 +65,20 @@ def test_full_arena_declines_and_frees_out_of_order_are_reclaimed():
 def test_arena_blocks_never_overlap_and_keep_their_bytes(steps):
     """Any sequence of placements and frees keeps live blocks disjoint and their contents intact."""
     arena = Arena(16 * 1024)
-    live: list[tuple[np.ndarray, tuple]] = []
+    live: list[tuple[np.ndarray, Placement]] = []
     for is_free, size, pick in steps:
         if is_free and live:
             array, placement = live.pop(pick % len(live))
             assert np.array_equal(arena.view(placement)["x"], array)
-            arena.free(placement[0])
+            arena.free(placement.start)
             continue
         array = np.full(size, pick % 251, dtype=np.uint8)
         placement = arena.place({"x": array})
         if placement is None:
             continue
-        start = placement[0]
+        start = placement.start
         for other, other_placement in live:
-            assert start + size <= other_placement[0] or other_placement[0] + other.nbytes <= start
+            assert start + size <= other_placement.start or other_placement.start + other.nbytes <= start
         live.append((array, placement))
     for array, placement in live:
         assert np.array_equal(arena.view(placement)["x"], array)
@@ -111,17 +111,16 @@ def make_batcher(run_batch=echo, **options) -> tuple[Batcher, list]:
 
 def test_submit_many_queues_what_fits_and_refuses_the_rest():
     """A burst larger than the free queue room is queued up to the room; the caller refuses the rest."""
-    gate = threading.Event()
+    started, gate = threading.Event(), threading.Event()
 
     def blocked(batch):
-        gate.wait(10)
+        started.set()
+        gate.wait(SAFETY_NET_S)
         return echo(batch)
 
     batcher, delivered = make_batcher(blocked, max_batch_size=1, queue_size=3)
     batcher.submit(InferenceRequest(id="running"), Reply())
-    deadline = time.monotonic() + 5
-    while batcher.depth and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert started.wait(SAFETY_NET_S)  # the first request left the queue: its batch runs
     queued = batcher.submit_many([(InferenceRequest(id=str(i)), Reply()) for i in range(5)])
     assert queued == 3
     with pytest.raises(TemporaryError) as refused:
@@ -158,7 +157,7 @@ def test_two_batch_workers_run_batches_at_the_same_time():
 
 
 # ------------------------------------------------------------------------------------------ pods
-def binary_body(rows: np.ndarray, **parameters: float) -> tuple[bytes, dict[str, str]]:
+def binary_body(rows: np.ndarray, **parameters: float | str) -> tuple[bytes, dict[str, str]]:
     """An OIP infer request with the rows as a binary FP32 tensor."""
     raw = rows.astype(np.float32).tobytes()
     header = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
@@ -192,12 +191,14 @@ def test_arena_and_pipe_hand_offs_answer_alike(start_pod, artifacts: Artifacts, 
             assert predicted(client.post(url, content=body, headers=headers)) == expected[start:start + 10]
 
 
-def test_timed_out_requests_give_their_arena_blocks_back(start_pod, artifacts: Artifacts, digits: Digits):
+def test_timed_out_requests_give_their_arena_blocks_back(start_pod, artifacts: Artifacts, digits: Digits,
+                                                         tmp_path: Path):
     """Requests the fronts gave up on (504) hold their blocks until the model process answers, then free them."""
     pod = start_pod(artifacts.slow, "--http-workers", "2", "--handoff-mb", "1", "--max-batch-size", "2",
                     "--request-timeout-s", "0.3").wait_ready()
     url = f"{pod.url}/v2/models/slow/infer"
-    body, headers = binary_body(digits.x[:600], sleep_s=1.0)  # 150 KB: six fit one front's 1 MB arena
+    gate_path = tmp_path / "gate"
+    body, headers = binary_body(digits.x[:600], gate=str(gate_path))  # 150 KB: six fit one front's 1 MB arena
 
     def gauge() -> float:
         return metric_samples(httpx.get(f"{pod.url}/metrics").text, "pod_handoff")[
@@ -211,9 +212,10 @@ def test_timed_out_requests_give_their_arena_blocks_back(start_pod, artifacts: A
         return list(await asyncio.gather(*(one() for _ in range(6))))
 
     for _ in range(3):
-        assert asyncio.run(wave()) == [504] * 6
-        assert eventually(gauge, lambda blocks: blocks > 0, timeout_s=0.6) > 0  # the first batch still sleeps
-        assert eventually(gauge, lambda blocks: blocks == 0, timeout_s=15) == 0
+        with BatchGate(gate_path):
+            assert asyncio.run(wave()) == [504] * 6
+            assert gauge() == 6  # the model process answers none while the first batch is held
+        assert eventually(gauge, lambda blocks: blocks == 0) == 0
     paths = metric_samples(httpx.get(f"{pod.url}/metrics").text, "pod_handoff_requests_total")
     assert paths['pod_handoff_requests_total{path="shared_memory"}'] == 18
     assert paths['pod_handoff_requests_total{path="pipe"}'] == 0

@@ -12,7 +12,7 @@ import signal
 
 import httpx
 import pytest
-from pod_testkit import Artifacts, Digits, Pod, eventually, infer_body, metric_samples
+from pod_testkit import Artifacts, BatchGate, Digits, Pod, eventually, infer_body, metric_samples
 
 URL = "/v2/models/slow/infer"
 
@@ -94,12 +94,13 @@ def test_full_queue_and_timeout_cross_processes(start_pod, artifacts: Artifacts,
     assert late.status_code == 504 and late.json()["reason"] == "request_timeout"
 
 
-def test_sigterm_drains_every_front_and_exits_0(start_pod, artifacts: Artifacts, digits: Digits):
+def test_sigterm_drains_every_front_and_exits_0(start_pod, artifacts: Artifacts, digits: Digits,
+                                                batch_gate: BatchGate):
     """On SIGTERM to the parent, readiness turns 503, in-flight requests on the fronts complete, exit code 0."""
     pod = start_pod(artifacts.slow, "--http-workers", "2").wait_ready()
 
     async def scenario() -> list[httpx.Response]:
-        bodies = [infer_body(digits.x[:1], parameters={"sleep_s": 1.5}) for _ in range(6)]
+        bodies = [infer_body(digits.x[:1], parameters={"gate": str(batch_gate.path)}) for _ in range(6)]
         in_flight = asyncio.ensure_future(send_all(pod.url + URL, bodies))
 
         def gauge() -> float:
@@ -111,6 +112,7 @@ def test_sigterm_drains_every_front_and_exits_0(start_pod, artifacts: Artifacts,
         ready = await asyncio.to_thread(eventually, lambda: httpx.get(f"{pod.url}/v2/health/ready").status_code,
                                         lambda code: code == 503)
         assert ready == 503
+        batch_gate.release()  # the held requests answer only now, while the fronts drain
         return await in_flight
 
     responses = asyncio.run(scenario())
