@@ -21,8 +21,9 @@ from google.cloud import pubsub_v1
 from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
+from app import cli, stack
 from monitoring.monitor import subscriptions as monitor_subscriptions
-from release import cli, registry, stack
+from release import registry
 from release.adapters.k8s_names import object_name
 from release.db import make_engine, migrate, session_scope
 from tests.kubernetes.test_manifests import validate
