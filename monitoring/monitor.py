@@ -47,7 +47,7 @@ from monitoring.metrics import DriftMetrics
 from monitoring.profile import ReferenceProfile, profile_from_dict
 from monitoring.reference import profile_for_version
 from monitoring.windows import WindowAccumulator, WindowData, WindowKey
-from release import registry
+from release import policies, registry
 from release.artifacts import materialize
 from release.db import session_scope
 from release.ports import ArtifactStore, EventBus, SubscriptionSpec
@@ -98,7 +98,10 @@ class DriftMonitor:
 
     def __init__(self, *, engine: Engine, bus: EventBus, store: ArtifactStore, cache_dir: Path,
                  default_policy: DriftPolicy | None = None, webhook: WebhookSender | None = None,
-                 metrics: DriftMetrics | None = None, retention: timedelta = PREDICTION_RETENTION) -> None:
+                 metrics: DriftMetrics | None = None, retention: timedelta = PREDICTION_RETENTION,
+                 webhook_prefixes: tuple[str, ...] = ()) -> None:
+        """``webhook_prefixes`` is the operator's allow-list (RELEASE_WEBHOOK_ALLOW): a policy's webhook outside it
+        is never called, even if it reached a stored policy some other way."""
         self._engine = engine
         self._bus = bus
         self._store = store
@@ -107,6 +110,7 @@ class DriftMonitor:
         self._metrics = metrics
         self._retention = retention
         self._webhooks = WebhookQueue(webhook or post_json)
+        self._webhook_prefixes = webhook_prefixes
         self._versions: dict[WindowKey, _VersionInfo] = {}
         self._windows: dict[WindowKey, WindowAccumulator] = {}
 
@@ -278,8 +282,12 @@ class DriftMonitor:
                 log.warning("drift.alert", model=data["model"], version=data["version"], kind=data["kind"],
                             severity=data["severity"], alert_id=data["alert_id"], reasons=data["reasons"],
                             rollback_requested=data["rollback_requested"])
-                if outcome.webhook_url:
+                if outcome.webhook_url and policies.webhook_allowed(outcome.webhook_url,
+                                                                    prefixes=self._webhook_prefixes):
                     self._webhooks.submit(outcome.webhook_url, alert.model_dump(mode="json"))
+                elif outcome.webhook_url:
+                    log.warning("drift.webhook_refused", url=outcome.webhook_url,
+                                hint="Add its prefix to RELEASE_WEBHOOK_ALLOW to let alerts reach it.")
 
 
 @dataclass

@@ -53,9 +53,14 @@ def parse_policy(raw: str | bytes | dict[str, Any], *, webhook_prefixes: tuple[s
     return policy
 
 
+def webhook_allowed(url: str, *, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``url`` starts with one of the operator's allowed prefixes (RELEASE_WEBHOOK_ALLOW)."""
+    return any(url.startswith(prefix) for prefix in prefixes)
+
+
 def check_webhook(url: str | None, *, prefixes: tuple[str, ...]) -> None:
     """Refuse a drift webhook outside the operator's allow-list (RELEASE_WEBHOOK_ALLOW)."""
-    if url is not None and not any(url.startswith(prefix) for prefix in prefixes):
+    if url is not None and not webhook_allowed(url, prefixes=prefixes):
         raise BadRequest(f"drift webhook {url!r} is not on this installation's allow-list",
                          reason=Reason.POLICY_INVALID,
                          hint="Add its URL prefix to RELEASE_WEBHOOK_ALLOW (comma-separated), or leave it out.")

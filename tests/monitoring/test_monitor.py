@@ -122,12 +122,13 @@ class Hooks:
 
 
 def monitor_for(engine: Engine, bus: LocalEventBus, store: MemoryStore, tmp_path: Path,
-                hooks: Hooks | None = None, metrics: DriftMetrics | None = None) -> tuple[DriftMonitor, Consumer]:
-    """A monitor, its subscription, and a consumer over it."""
+                hooks: Hooks | None = None, metrics: DriftMetrics | None = None,
+                webhook_prefixes: tuple[str, ...] = ("http://hooks.test/",)) -> tuple[DriftMonitor, Consumer]:
+    """A monitor (allowing the test's webhook host), its subscription, and a consumer over it."""
     for spec in subscriptions():
         bus.ensure_subscription(spec)
     monitor = DriftMonitor(engine=engine, bus=bus, store=store, cache_dir=tmp_path / "artifacts",
-                           webhook=hooks or Hooks(), metrics=metrics)
+                           webhook=hooks or Hooks(), metrics=metrics, webhook_prefixes=webhook_prefixes)
     return monitor, Consumer(bus=bus, subscription=MONITOR_SUBSCRIPTION, handler=monitor.handle)
 
 
@@ -156,13 +157,16 @@ def test_reference_traffic_is_measured_without_alerts(setup: Any, tmp_path: Path
         assert s.exec(select(func.count()).select_from(PredictionLogRow)).one() == len(X) - LIVE_START
 
 
-def test_brightness_shift_alerts_and_rolls_prod_back(db: tuple[Engine, str], tmp_path: Path) -> None:
-    """Shifted digits on PROD raise a critical alert after two windows; the controller puts PROD back on 1."""
+@pytest.mark.parametrize("allowed", [("http://hooks.test/",), ()], ids=["webhook-allowed", "webhook-not-allowed"])
+def test_brightness_shift_alerts_and_rolls_prod_back(db: tuple[Engine, str], tmp_path: Path,
+                                                     allowed: tuple[str, ...]) -> None:
+    """Shifted digits on PROD raise a critical alert after two windows; the controller puts PROD back on 1; the
+    policy's webhook is called only when the operator's allow-list admits it."""
     _engine, url = db
     engine, bus, _controller, controller_consumer = build(url)
     store = MemoryStore()
     hooks = Hooks()
-    monitor, consumer = monitor_for(engine, bus, store, tmp_path, hooks)
+    monitor, consumer = monitor_for(engine, bus, store, tmp_path, hooks, webhook_prefixes=allowed)
     register(engine, bus, store, "1", announce=True)
     run_until_idle([controller_consumer], bus=bus)
     register(engine, bus, store, "2", announce=True)
@@ -187,7 +191,8 @@ def test_brightness_shift_alerts_and_rolls_prod_back(db: tuple[Engine, str], tmp
     assert request.envelope["data"]["actor"] == "drift-monitor" and request.envelope["data"]["version"] == "2"
     assert ("drift-monitor", "release.rolled_back") in audit
     assert monitor.wait_for_webhooks()
-    assert [(url, p["type"]) for url, p in hooks.calls] == [(DRIFT["webhook_url"], EventType.DRIFT_ALERT)]
+    called = [(url, p["type"]) for url, p in hooks.calls]
+    assert called == ([(DRIFT["webhook_url"], EventType.DRIFT_ALERT)] if allowed else [])
 
 
 def test_redelivered_batch_is_not_counted_twice(setup: Any, tmp_path: Path) -> None:
