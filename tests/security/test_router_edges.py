@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from release.router.metrics import UNKNOWN_MODEL
 from release.router.request_body import DEFAULT_MAX_BODY_BYTES, BodyTooLarge, read_limited
+from release.settings import Settings
 from schemas.errors import Reason
 from tests.release.router_testkit import MODEL, ROW
 from tests.security.edge_client import CHUNK, post_chunked, post_declaring
@@ -83,6 +84,11 @@ def test_body_of_exactly_the_limit_is_served(serve_edge_router: Callable[..., Ed
     assert httpx.post(at_limit.url + INFER, content=body, headers=headers).status_code == 200
     refused = httpx.post(below_limit.url + INFER, content=body, headers=headers)
     _refused_as_too_large(refused.status_code, refused.json())
+
+
+def test_router_default_limit_is_the_settings_default() -> None:
+    """A Router built without max_body_bytes enforces RELEASE_MAX_BODY_MB's default, so unwired stacks are bounded."""
+    assert Settings.model_fields["max_body_mb"].default * MiB == DEFAULT_MAX_BODY_BYTES
 
 
 # ---------------------------------------------------------------------------------------------- metric labels
