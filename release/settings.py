@@ -35,6 +35,9 @@ class Settings(BaseSettings):
                                    "when the registry has no operator policy for the model.")
     webhook_allow: str = Field(
         default="", description="Comma-separated URL prefixes drift webhooks may target; empty = no webhooks.")
+    max_body_mb: int = Field(
+        default=64, gt=0, description="Largest prediction request body the router accepts, in MiB; larger is "
+                                      "refused with 413 body_too_large before it is read whole.")
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto = console on a terminal, JSON otherwise.")
     log_level: str = Field(default="INFO", description="Minimum log level.")

@@ -47,6 +47,7 @@ class Reason(StrEnum):
     ROLLOUT_FAILED = "rollout_failed"
     MODEL_LOAD_FAILED = "model_load_failed"
     BAD_REQUEST = "bad_request"
+    BODY_TOO_LARGE = "body_too_large"
     QUEUE_FULL = "queue_full"
     REQUEST_TIMEOUT = "request_timeout"
     HANDLER_ERROR = "handler_error"
