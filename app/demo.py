@@ -24,7 +24,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from release import registry
-from release.bootstrap import bootstrap
+from release.bootstrap import App, bootstrap
 from release.db import session_scope
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
 from release.settings import Settings
@@ -148,14 +148,12 @@ def main() -> int:
         app.close()
 
 
-def _serve_traffic(app: object, rows: np.ndarray) -> int:
-    from release.bootstrap import App
-
-    assert isinstance(app, App)
+def _serve_traffic(app: App, rows: np.ndarray) -> int:
     metrics = RouterMetrics(CollectorRegistry())
     logger = PredictionLogger(engine=app.engine, bus=app.bus, dropped=metrics.dropped)
     logger.start()
-    router = Router(table=RouteTable(engine=app.engine), logger=logger, metrics=metrics)
+    router = Router(table=RouteTable(engine=app.engine), logger=logger, metrics=metrics,
+                    max_body_bytes=app.settings.max_body_mb * 2**20)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(build_router_app(router), host="127.0.0.1", port=port,
                                            log_level="warning"))

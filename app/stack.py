@@ -133,7 +133,8 @@ def _router(app: App, parts: _Parts, registry: CollectorRegistry) -> RouteTable:
     logger = PredictionLogger(engine=app.engine, bus=app.bus, dropped=metrics.dropped)
     logger.start()
     parts.closers.append(logger.close)
-    parts.router = Router(table=table, logger=logger, metrics=metrics)
+    parts.router = Router(table=table, logger=logger, metrics=metrics,
+                          max_body_bytes=app.settings.max_body_mb * 2**20)
     return table
 
 
