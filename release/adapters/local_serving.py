@@ -34,6 +34,7 @@ from release.adapters.pod_sandbox import (
     AUTO,
     PodUser,
     default_pod_root,
+    ensure_pod_root,
     pod_environment,
     prepare_pod_folder,
     resolve_pod_user,
@@ -72,8 +73,7 @@ class LocalServingBackend:
         self.home = home
         secure_home(home)
         self.pod_root = pod_root or default_pod_root(home)
-        self.pod_root.mkdir(parents=True, exist_ok=True)
-        self.pod_root.chmod(0o711)
+        ensure_pod_root(self.pod_root)
         self._pod_user_setting = pod_user
         self._pod_user: PodUser | str | None = "unresolved"
         self.pods_dir = home / "pods"

@@ -12,6 +12,7 @@ import hashlib
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -56,6 +57,19 @@ def default_pod_root(home: Path) -> Path:
     """Where pod folders live: under the system temp folder, since every folder above them must be traversable."""
     key = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"release-pods-{key}"
+
+
+def ensure_pod_root(root: Path) -> None:
+    """Create the pods' root folder (0711: traversable, not listable) and make sure it is ours.
+
+    It lives in a shared temp folder, so an account could create it first, or a link in its place.
+    """
+    root.mkdir(mode=0o711, parents=True, exist_ok=True)
+    info = os.lstat(root)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise PermanentError(f"pod folder root {root} is not a folder owned by this account",
+                             reason=Reason.ROLLOUT_FAILED, hint="Remove it, or set RELEASE_POD_ROOT elsewhere.")
+    root.chmod(0o711)
 
 
 def secure_home(home: Path) -> None:

@@ -21,9 +21,11 @@ from release import policies
 from release.adapters.local_bucket import LocalFolderStore
 from release.adapters.local_bus import LocalEventBus
 from release.adapters.local_serving import LocalServingBackend
+from release.adapters.pod_sandbox import pod_environment
 from release.db import session_factory, session_scope
 from release.intake import Intake
 from release.ports import DeploymentSpec
+from schemas import pod_exit
 from schemas.errors import PermanentError, Reason
 from schemas.policy import ReleasePolicy, RolloutPolicy
 from tests.artifacts import manifest_for, torchscript_bytes, write_artifact
@@ -161,3 +163,37 @@ def test_intake_registers_safetensors_and_refuses_torchscript_when_model_code_is
 
     assert stored.allow_model_code is False
     assert results == {"1": ("rejected", "model_code_forbidden"), "2": ("registered", None)}
+
+
+def test_pod_environment_is_an_allow_list() -> None:
+    """Only locale, PATH, accelerator and thread variables pass; a deployment's env cannot smuggle RELEASE_* or
+    credentials; HOME, TMPDIR and the code path are the pod's own."""
+    parent = {**SECRETS, "PATH": "/usr/bin", "LANG": "C.UTF-8", "CUDA_VISIBLE_DEVICES": "1", "OMP_NUM_THREADS": "2",
+              "AWS_SECRET_ACCESS_KEY": "x", "SSH_AUTH_SOCK": "/run/agent", "PYTHONPATH": "/control/plane"}
+    extra = {"RELEASE_API_TOKEN": "again", "GOOGLE_CLOUD_PROJECT": "p", "MODEL_FLAVOUR": "small"}
+    env = pod_environment(folder=Path("/pods/m/1/replica-0"), code=Path("/code"), extra=extra, parent=parent)
+
+    assert env == {"PATH": "/usr/bin", "LANG": "C.UTF-8", "CUDA_VISIBLE_DEVICES": "1", "OMP_NUM_THREADS": "2",
+                   "MODEL_FLAVOUR": "small", "HOME": "/pods/m/1/replica-0", "TMPDIR": "/pods/m/1/replica-0/tmp",
+                   "XDG_CACHE_HOME": "/pods/m/1/replica-0/cache", "PYTHONPATH": "/code",
+                   "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
+
+
+def test_pod_exit_codes_say_why_a_rollout_failed() -> None:
+    """Exit 4 is checksum_mismatch, any other failure rollout_failed; neither 3 nor 4 is worth a restart."""
+    assert pod_exit.exit_code_for(Reason.CHECKSUM_MISMATCH) == pod_exit.CHECKSUM_MISMATCH == 4
+    assert pod_exit.exit_code_for(Reason.MODEL_CODE_FORBIDDEN) == pod_exit.LOAD_FAILED == 3
+    assert pod_exit.reason_for(4) is Reason.CHECKSUM_MISMATCH
+    assert pod_exit.reason_for(3) is pod_exit.reason_for(None) is Reason.ROLLOUT_FAILED
+    assert {3, 4} == set(pod_exit.FINAL)
+
+
+def test_a_pod_root_planted_by_someone_else_is_refused(tmp_path: Path) -> None:
+    """A link planted where the pods' folders would go (a shared temp folder) is refused, not followed."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted = tmp_path / "pods"
+    planted.symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(PermanentError) as caught:
+        LocalServingBackend(home=tmp_path / "home", pod_root=planted)
+    assert caught.value.reason is Reason.ROLLOUT_FAILED and "not a folder owned" in caught.value.message
