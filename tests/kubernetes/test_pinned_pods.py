@@ -114,6 +114,8 @@ def test_release_deploy_render_prints_the_pinned_digest_and_generations(
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("RELEASE_HOME", str(home))
+    # Logging set up on a captured stream would outlive this test and break the next ones' logs.
+    monkeypatch.setattr("release.bootstrap.configure_logging", lambda **_kwargs: None)
     engine = make_engine(f"sqlite:///{home / 'release.db'}")
     migrate(engine)
     with session_scope(engine) as s:
