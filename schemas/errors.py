@@ -32,6 +32,7 @@ class Reason(StrEnum):
     FILE_TOO_LARGE = "file_too_large"
     UNSAFE_PICKLE = "unsafe_pickle"
     HANDLER_CODE_FORBIDDEN = "handler_code_forbidden"
+    MODEL_CODE_FORBIDDEN = "model_code_forbidden"
     UNKNOWN_HANDLER = "unknown_handler"
     VERSION_CONFLICT = "version_conflict"
     OBJECT_CHANGED = "object_changed"
