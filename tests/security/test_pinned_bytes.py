@@ -72,7 +72,7 @@ def test_bytes_swapped_in_the_bucket_after_registration_end_failed_checksum_mism
     """Registered, then the weights are overwritten in the bucket: the version ends FAILED checksum_mismatch and
     no pod ever starts."""
     bucket = Path(app.settings.bucket_location)
-    put_policy(bucket, FAST)
+    put_policy(app, FAST)
     drop(bucket, "1", trained("baseline"))
     assert [r.status for r in app.intake.reconcile(final=True)] == ["registered"]
     weights = bucket / "models" / MODEL / "1" / "model.pt"
@@ -90,7 +90,7 @@ def test_a_tampered_local_copy_is_refused_by_the_pod_and_fails_the_version(app: 
     """The verified local copy is altered (weights and manifest together) before the pods start: the pod refuses
     with checksum_mismatch and the version ends FAILED with that reason and the pod's log line."""
     bucket = Path(app.settings.bucket_location)
-    put_policy(bucket, FAST)
+    put_policy(app, FAST)
     drop(bucket, "1", trained("baseline"))
     app.intake.reconcile(final=True)
     copy = materialize(app.store, version(app, "1"), cache=app.settings.home.resolve() / "artifacts")
