@@ -87,6 +87,9 @@ class RolloutPolicy(_Frozen):
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
     ready_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     allow_handler_code: bool = True
+    #: A ``.mar`` built with ``--requirements-file`` asks for pip installs at load time. Refused unless True; even
+    #: then nothing is installed: intake records the file and pods serve with the packages they ship.
+    allow_requirements: bool = False
 
     @model_validator(mode="after")
     def _ends_at_full(self) -> RolloutPolicy:
