@@ -12,6 +12,7 @@ import json
 import os
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Any, TypedDict
 
@@ -116,8 +117,14 @@ def _read_mar_manifest(archive: zipfile.ZipFile, files: list[zipfile.ZipInfo], *
                                reason=Reason.MANIFEST_TOO_LARGE, file=MAR_MANIFEST)
     try:
         with archive.open(entry) as fh:
-            document = json.loads(fh.read(limits.max_manifest_bytes + 1))
-    except (zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raw = fh.read(limits.max_manifest_bytes + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as e:
+        # The bytes do not inflate (bad CRC, corrupt stream, unknown compression): the archive is broken.
+        raise ArtifactRejected(f"{MAR_MANIFEST} cannot be read from the archive: {e}", reason=Reason.ARCHIVE_INVALID,
+                               file=MAR_MANIFEST) from e
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ArtifactRejected(f"{MAR_MANIFEST} is not valid JSON: {e}", reason=Reason.MANIFEST_INVALID_JSON,
                                file=MAR_MANIFEST) from e
     if not isinstance(document, dict) or not isinstance(document.get("model"), dict):
