@@ -64,7 +64,7 @@ def zips(draw: st.DrawFn) -> bytes:
 
 def _mutated_manifest(draw: st.DrawFn, version: str, files: dict[str, bytes]) -> Any:
     manifest: dict[str, Any] = manifest_for("fz", version, files)
-    for key in draw(st.lists(st.sampled_from(sorted(manifest) + ["eval", "reference", "architecture", "extra"]),
+    for key in draw(st.lists(st.sampled_from([*sorted(manifest), "eval", "reference", "architecture", "extra"]),
                              max_size=3)):
         manifest[key] = draw(json_values | st.sampled_from(["state_dict", "mar", "eval.npz", "blob", "handler.py"]))
     return manifest if draw(st.integers(0, 9)) else draw(json_values)
