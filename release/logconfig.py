@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at each call. Loggers are cached on first use, so binding the stream
+    object of configuration time would keep writing to it after it was replaced and closed (a test runner's
+    capture, a redirect), turning a log line into an exception in the code that logs."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def _severity(_logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -32,7 +44,7 @@ def configure_logging(*, fmt: str = "auto", level: str = "INFO") -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
