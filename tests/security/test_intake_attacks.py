@@ -8,6 +8,7 @@ import pickle
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ from release.adapters.local_bus import LocalEventBus
 from release.db import session_factory, session_scope
 from release.intake import Intake
 from release.samples import read_sample
-from schemas.errors import ArtifactRejected, Reason
+from release.testing import MemoryStore
+from schemas.errors import ArtifactRejected, Reason, TemporaryError
 from schemas.policy import ReleasePolicy, RolloutPolicy
 from schemas.tables import Model, ModelVersion
 from tests.artifacts import manifest_for, npz_bytes, torchscript_bytes, write_artifact
@@ -238,3 +240,31 @@ def test_artifacts_that_used_to_crash_intake_cost_only_themselves(bucket: Path, 
                         "models/corrupt/1.mar": ("rejected", "archive_invalid"),
                         "models/odd/1.mar": ("rejected", "manifest_invalid")}
     assert _registered(engine) == ["good/1", "marred/1"]
+
+
+class _FlakyStore(MemoryStore):
+    """The in-memory store with one object that is unavailable and one whose read hits a bug."""
+
+    def open(self, name: str, *, generation: int | None = None) -> BinaryIO:
+        if name.startswith("models/later/"):
+            raise TemporaryError(f"{name}: storage unavailable")
+        if name.startswith("models/buggy/"):
+            raise RuntimeError("a bug in reading this object")
+        return super().open(name, generation=generation)
+
+
+def test_one_artifact_failing_never_stops_the_others(engine: Engine) -> None:
+    """A transient storage error leaves its artifact pending, an unexpected failure rejects it
+    inspection_failed, and the artifact beside them still registers."""
+    store = _FlakyStore()
+    for name in ("later", "buggy", "fine"):
+        files = {"model.pt": torchscript_bytes()}
+        for path, data in {**files, "manifest.json": json.dumps(manifest_for(name, "1", files)).encode()}.items():
+            store.write(f"models/{name}/1/{path}", data)
+    intake = Intake(store=store, bus=LocalEventBus(session_factory=session_factory(engine)), engine=engine)
+    assert _verdicts(intake) == {"models/later/1/": ("pending", "unavailable"),
+                                 "models/buggy/1/": ("rejected", "inspection_failed"),
+                                 "models/fine/1/": ("registered", None)}
+    report = store.read_json("models/buggy/1/REJECTED.json")
+    assert "RuntimeError" in report["message"] and report["hint"]
+    assert _registered(engine) == ["fine/1"]
