@@ -16,6 +16,7 @@ import torch
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from handlers.archive import ArchiveLimits, extract_zip
 from release import policies
 from release.adapters.local_bucket import LocalFolderStore
 from release.adapters.local_bus import LocalEventBus
@@ -150,6 +151,18 @@ def test_a_bare_mar_gets_the_pods_rules(attack: str, bucket: Path, engine: Engin
     (bucket / "models/bad/1.mar").write_bytes(ZIP_ATTACKS[attack][0]())
     assert _verdicts(intake) == {"models/bad/1.mar": ("rejected", ZIP_ATTACKS[attack][1])}
     assert _registered(engine) == []
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+@pytest.mark.parametrize("attack", sorted(ZIP_ATTACKS))
+def test_the_pod_refuses_the_same_archives_with_the_same_reason(attack: str, tmp_path: Path) -> None:
+    """The pod's unpacking applies the very rules intake applied: same archive, same reason code."""
+    make, reason = ZIP_ATTACKS[attack]
+    (tmp_path / "a.mar").write_bytes(make())
+    with pytest.raises(ArtifactRejected) as refused:
+        extract_zip(tmp_path / "a.mar", tmp_path / "out", limits=ArchiveLimits())
+    assert refused.value.reason == Reason(reason)
+    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
 
 
 def _huge_header_npy() -> bytes:
