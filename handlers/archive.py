@@ -11,30 +11,21 @@ import hashlib
 import json
 import os
 import re
-import stat
 import zipfile
-from dataclasses import dataclass
+import zlib
 from pathlib import Path
 from typing import IO, Any, TypedDict
 
+from schemas.archive_rules import ArchiveLimits as ArchiveLimits
+from schemas.archive_rules import check_entries
+from schemas.archive_rules import check_entry_name as check_entry_name
 from schemas.errors import ArtifactRejected, Reason
 from schemas.manifest import VERSION_PATTERN
 
 MAR_MANIFEST = "MAR-INF/MANIFEST.json"
 MAR_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _VERSION = re.compile(VERSION_PATTERN)
-_DRIVE = re.compile(r"^[A-Za-z]:")
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True, kw_only=True)
-class ArchiveLimits:
-    """How much an archive may hold. Checked on the declared sizes first, then again while bytes are written."""
-
-    max_total_bytes: int = 8 << 30
-    max_file_bytes: int = 4 << 30
-    max_entries: int = 10_000
-    max_manifest_bytes: int = 1 << 20
 
 
 class MarInfo(TypedDict):
@@ -45,6 +36,8 @@ class MarInfo(TypedDict):
     handler: str
     serialized_file: str | None
     model_file: str | None
+    requirements_file: str | None
+    config_file: str | None
     runtime: str
     archiver_version: str
     entries: int
@@ -59,61 +52,9 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def check_entry_name(name: str) -> str:
-    """Return the entry's relative path (without a trailing ``/``) or raise ``ArtifactRejected(UNSAFE_PATH)``."""
-    path = name[:-1] if name.endswith("/") else name
-    unsafe = (
-        not path
-        or len(path) > 512
-        or "\x00" in path
-        or "\\" in path
-        or path.startswith("/")
-        or bool(_DRIVE.match(path))
-        or any(part in ("", ".", "..") for part in path.split("/"))
-    )
-    if unsafe:
-        raise ArtifactRejected(f"archive entry {name!r} would land outside the model directory",
-                               reason=Reason.UNSAFE_PATH, file=name)
-    return path
-
-
-def _is_symlink(info: zipfile.ZipInfo) -> bool:
-    return stat.S_ISLNK(info.external_attr >> 16)
-
-
 def check_zip(archive: zipfile.ZipFile, *, limits: ArchiveLimits) -> list[zipfile.ZipInfo]:
-    """Vet every entry's name, type and declared size; return the file entries (directories left out)."""
-    infos = archive.infolist()
-    if len(infos) > limits.max_entries:
-        raise ArtifactRejected(f"archive has {len(infos)} entries, the limit is {limits.max_entries}",
-                               reason=Reason.ARCHIVE_TOO_MANY_ENTRIES)
-    seen: set[str] = set()
-    files: list[zipfile.ZipInfo] = []
-    total = 0
-    for info in infos:
-        path = check_entry_name(info.filename)
-        if _is_symlink(info):
-            raise ArtifactRejected(f"archive entry {info.filename!r} is a symbolic link",
-                                   reason=Reason.UNSAFE_SYMLINK, file=info.filename)
-        if info.flag_bits & 0x1:
-            raise ArtifactRejected(f"archive entry {info.filename!r} is encrypted",
-                                   reason=Reason.ARCHIVE_INVALID, file=info.filename)
-        if path in seen:
-            raise ArtifactRejected(f"archive entry {path!r} appears twice", reason=Reason.ARCHIVE_INVALID,
-                                   file=info.filename)
-        seen.add(path)
-        if info.is_dir():
-            continue
-        if info.file_size > limits.max_file_bytes:
-            raise ArtifactRejected(
-                f"archive entry {path!r} declares {info.file_size} bytes, the limit is {limits.max_file_bytes}",
-                reason=Reason.FILE_TOO_LARGE, file=path)
-        total += info.file_size
-        if total > limits.max_total_bytes:
-            raise ArtifactRejected(f"archive unpacks to more than {limits.max_total_bytes} bytes",
-                                   reason=Reason.ARCHIVE_TOO_LARGE)
-        files.append(info)
-    return files
+    """Vet every entry with the shared rules (``schemas.archive_rules``); return the file entries."""
+    return check_entries(archive.infolist(), limits=limits)
 
 
 def open_zip(path: Path) -> zipfile.ZipFile:
@@ -176,8 +117,14 @@ def _read_mar_manifest(archive: zipfile.ZipFile, files: list[zipfile.ZipInfo], *
                                reason=Reason.MANIFEST_TOO_LARGE, file=MAR_MANIFEST)
     try:
         with archive.open(entry) as fh:
-            document = json.loads(fh.read(limits.max_manifest_bytes + 1))
-    except (zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raw = fh.read(limits.max_manifest_bytes + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as e:
+        # The bytes do not inflate (bad CRC, corrupt stream, unknown compression): the archive is broken.
+        raise ArtifactRejected(f"{MAR_MANIFEST} cannot be read from the archive: {e}", reason=Reason.ARCHIVE_INVALID,
+                               file=MAR_MANIFEST) from e
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ArtifactRejected(f"{MAR_MANIFEST} is not valid JSON: {e}", reason=Reason.MANIFEST_INVALID_JSON,
                                file=MAR_MANIFEST) from e
     if not isinstance(document, dict) or not isinstance(document.get("model"), dict):
@@ -202,27 +149,7 @@ def handler_file(handler: str) -> str | None:
     return module if module.endswith(".py") else None
 
 
-def inspect_mar(path: Path, *, limits: ArchiveLimits | None = None) -> MarInfo:
-    """Vet a ``.mar`` (zip safety, limits, its manifest and the files it names) and describe it. Runs no code."""
-    limits = limits or ArchiveLimits()
-    with open_zip(path) as archive:
-        files = check_zip(archive, limits=limits)
-        model = _read_mar_manifest(archive, files, limits=limits)["model"]
-        names = {info.filename for info in files}
-        document_version = _optional_str(model, "modelVersion") or "1.0"
-        info = MarInfo(
-            model_name=_optional_str(model, "modelName") or "",
-            model_version=document_version,
-            handler=_optional_str(model, "handler") or "",
-            serialized_file=_optional_str(model, "serializedFile"),
-            model_file=_optional_str(model, "modelFile"),
-            runtime=str(model.get("runtime", "python")),
-            archiver_version=str(model.get("archiverVersion", "")),
-            entries=len(files),
-            uncompressed_bytes=sum(entry.file_size for entry in files),
-            sha256="",
-            size=path.stat().st_size,
-        )
+def _check_mar_info(info: MarInfo, names: set[str]) -> None:
     if not MAR_NAME_PATTERN.match(info["model_name"]):
         raise ArtifactRejected(f"model name {info['model_name']!r} in {MAR_MANIFEST} is missing or invalid",
                                reason=Reason.MANIFEST_INVALID, file=MAR_MANIFEST)
@@ -233,9 +160,43 @@ def inspect_mar(path: Path, *, limits: ArchiveLimits | None = None) -> MarInfo:
         raise ArtifactRejected(f"{MAR_MANIFEST} names no handler", reason=Reason.MANIFEST_INVALID,
                                file=MAR_MANIFEST)
     for role, named in (("handler", handler_file(info["handler"])), ("serializedFile", info["serialized_file"]),
-                        ("modelFile", info["model_file"])):
+                        ("modelFile", info["model_file"]), ("requirementsFile", info["requirements_file"]),
+                        ("configFile", info["config_file"])):
         if named is not None and check_entry_name(named) not in names:
             raise ArtifactRejected(f"{MAR_MANIFEST} {role} {named!r} is not in the archive",
                                    reason=Reason.FILE_MISSING, file=named)
+
+
+def inspect_mar_archive(archive: zipfile.ZipFile, *, size: int, limits: ArchiveLimits | None = None) -> MarInfo:
+    """Vet an open ``.mar`` (zip rules, limits, its manifest and the files it names) and describe it, digest aside.
+
+    Shared by the pod (``inspect_mar``) and the control plane's intake, which reads the archive from the bucket.
+    """
+    limits = limits or ArchiveLimits()
+    files = check_zip(archive, limits=limits)
+    model = _read_mar_manifest(archive, files, limits=limits)["model"]
+    info = MarInfo(
+        model_name=_optional_str(model, "modelName") or "",
+        model_version=_optional_str(model, "modelVersion") or "1.0",
+        handler=_optional_str(model, "handler") or "",
+        serialized_file=_optional_str(model, "serializedFile"),
+        model_file=_optional_str(model, "modelFile"),
+        requirements_file=_optional_str(model, "requirementsFile"),
+        config_file=_optional_str(model, "configFile"),
+        runtime=str(model.get("runtime", "python")),
+        archiver_version=str(model.get("archiverVersion", "")),
+        entries=len(files),
+        uncompressed_bytes=sum(entry.file_size for entry in files),
+        sha256="",
+        size=size,
+    )
+    _check_mar_info(info, {entry.filename for entry in files})
+    return info
+
+
+def inspect_mar(path: Path, *, limits: ArchiveLimits | None = None) -> MarInfo:
+    """Vet a ``.mar`` file and describe it, its sha256 included. Runs no code."""
+    with open_zip(path) as archive:
+        info = inspect_mar_archive(archive, size=path.stat().st_size, limits=limits)
     info["sha256"] = sha256_file(path)
     return info

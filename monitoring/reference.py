@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from monitoring.profile import build_profile
+from release.samples import read_sample
 from schemas.manifest import Manifest
 
 
@@ -32,20 +33,20 @@ def reference_file(manifest: Manifest) -> str | None:
 def profile_for_version(folder: Path, manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The stored form of the version's reference profile, or None when its artifact ships no sample.
 
-    ``folder`` is the version's materialised artifact (``release.artifacts.materialize``); a ``.mar`` file
-    (TorchServe archive) has no reference sample the control plane may open, so it has no profile.
+    ``folder`` is the version's materialised artifact (``release.artifacts.materialize``): a model folder, or a
+    ``.mar`` whose sample is one of its extra files.
     """
     spec = Manifest.model_validate(manifest)
     name = reference_file(spec)
-    if name is None or not folder.is_dir():
+    if name is None:
         return None
-    # allow_pickle=False: the npz is untrusted input, and arrays never need pickled objects.
-    with np.load(folder / name, allow_pickle=False) as arrays:
-        if "x" not in arrays:
-            return None
-        x = arrays["x"]
-        probabilities = arrays.get("probabilities")
-        labels = _class_labels(arrays["y"]) if probabilities is None and "y" in arrays else None
+    # Capped and pickle-free: the npz is untrusted input from the bucket.
+    arrays = read_sample(folder, name)
+    if "x" not in arrays:
+        return None
+    x = arrays["x"]
+    probabilities = arrays.get("probabilities")
+    labels = _class_labels(arrays["y"]) if probabilities is None and "y" in arrays else None
     n_classes = len(spec.labels) if spec.labels else None
     return build_profile(x, probabilities=probabilities, labels=labels, n_classes=n_classes).to_dict()
 

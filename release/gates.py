@@ -13,7 +13,6 @@ tested): the measurements and the policy go in, an immutable gate report comes o
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ import numpy as np
 import structlog
 
 from release.ports import Candidate
+from release.samples import read_sample
 from schemas.errors import PermanentError, Reason, TemporaryError
 from schemas.manifest import Manifest
 from schemas.policy import GatePolicy, LatencyGate, MetricGate, RegressionGate, ReleasePolicy
@@ -181,13 +181,16 @@ class PodClient:
 
 
 def load_eval(candidate: Candidate) -> tuple[np.ndarray, np.ndarray] | None:
-    """The eval set (x, y) of the candidate's artifact, if it names one."""
+    """The eval set (x, y) of the candidate's artifact (a folder or a ``.mar``), if it names one."""
     manifest = Manifest.model_validate(candidate.manifest)
     if manifest.eval is None or candidate.local_path is None:
         return None
-    path = Path(candidate.local_path) / manifest.eval
-    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
-        return data["x"], data["y"]
+    # Capped: the npz comes from the untrusted bucket (intake checked its headers; this is the second look).
+    data = read_sample(Path(candidate.local_path), manifest.eval)
+    if "x" not in data or "y" not in data:
+        raise PermanentError(f"{manifest.eval} needs arrays 'x' and 'y', it has {sorted(data)}",
+                             reason=Reason.SAMPLE_INVALID, hint="Save the eval set with numpy.savez(f, x=..., y=...).")
+    return data["x"], data["y"]
 
 
 def measure_quality(client: PodClient, x: np.ndarray, y: np.ndarray, *, batch_size: int,

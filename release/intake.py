@@ -5,7 +5,10 @@ artifact is complete (every listed file present with its size and sha256), valid
 idempotently. Incomplete artifacts wait; bad ones get ``REJECTED.json`` beside them and an
 ``artifact.rejected`` event, and are never registered. Events may come duplicated and in any order: the
 decision depends only on what is in the bucket and the registry, never on the event that triggered it.
-No artifact code runs here; archives and pickles are inspected as bytes (``release.inspection``).
+No artifact code runs here; archives, pickles and samples are inspected as bytes (``release.inspection``).
+The bucket is untrusted: whatever an artifact holds, evaluating it ends in its registration or its rejection
+with a stable reason, never in an exception that would stop the other artifacts (only an unavailable store or
+database escapes, as ``TemporaryError``, to be retried).
 """
 
 from __future__ import annotations
@@ -14,19 +17,23 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
-from release import policies, registry
+from release import registry
+from release.artifact_refs import ArtifactRef, IntakeResult, Status, artifact_for
 from release.db import session_scope
-from release.inspection import check_weights_pickle, read_mar_manifest
+from release.inspection import check_listed_file, check_sample_file, inspect_mar
+from release.intake_policy import check_policy, policy_for
+from release.mar_manifest import mar_manifest
 from release.ports import ArtifactStore, EventBus, ObjectInfo
-from schemas.errors import ArtifactRejected, NotFound, PermanentError, Reason
+from schemas.digest import manifest_digest
+from schemas.errors import ArtifactRejected, NotFound, PermanentError, Reason, TemporaryError
 from schemas.events import (
     ArtifactRejectedData,
     EventType,
@@ -39,13 +46,9 @@ from schemas.manifest import (
     MANIFEST_FILENAME,
     MAX_MANIFEST_BYTES,
     NAME_PATTERN,
-    REJECTED_FILENAME,
     VERSION_PATTERN,
-    Datatype,
-    FileEntry,
     Manifest,
     ModelFormat,
-    TensorSpec,
 )
 from schemas.policy import ReleasePolicy
 from schemas.storage import StorageObjectData
@@ -53,60 +56,7 @@ from schemas.tables import ArtifactRecord, utcnow
 
 log = structlog.get_logger(__name__)
 
-_DIR_ARTIFACT = re.compile(r"^models/([^/]+)/([^/]+)/(.+)$")
-_MAR_ARTIFACT = re.compile(r"^models/([^/]+)/([^/]+)\.mar$")
 _CHUNK = 1 << 20
-
-Status = Literal["registered", "pending", "rejected", "ignored"]
-
-
-@dataclass(frozen=True)
-class ArtifactRef:
-    """Where an artifact lives in the bucket and which model/version its path claims."""
-
-    kind: Literal["dir", "mar"]
-    model: str
-    version: str
-    prefix: str
-
-    @property
-    def report_name(self) -> str:
-        """Where the rejection report goes."""
-        return self.prefix + REJECTED_FILENAME if self.kind == "dir" else self.prefix + "." + REJECTED_FILENAME
-
-
-@dataclass(frozen=True)
-class IntakeResult:
-    """What intake decided for one artifact."""
-
-    status: Status
-    artifact: str
-    model: str | None = None
-    version: str | None = None
-    created: bool = False
-    reason: str | None = None
-    message: str = ""
-    missing: list[str] = field(default_factory=list)
-
-
-def artifact_for(object_name: str) -> ArtifactRef | None:
-    """The artifact an object belongs to, or None for objects that are not part of one."""
-    mar = _MAR_ARTIFACT.match(object_name)
-    if mar:
-        return ArtifactRef(kind="mar", model=mar.group(1), version=mar.group(2), prefix=object_name)
-    match = _DIR_ARTIFACT.match(object_name)
-    if match is None:
-        return None
-    if match.group(3) == REJECTED_FILENAME:
-        return None
-    return ArtifactRef(kind="dir", model=match.group(1), version=match.group(2),
-                       prefix=f"models/{match.group(1)}/{match.group(2)}/")
-
-
-def manifest_digest(manifest: Manifest) -> str:
-    """The content address of a model directory: sha256 of its canonical manifest (which pins every file)."""
-    canonical = json.dumps(manifest.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class Intake:
@@ -143,37 +93,65 @@ class Intake:
             ref = artifact_for(info.name)
             if ref is not None:
                 refs.setdefault(ref.prefix, ref)
-        return [self.evaluate(ref, final=final) for ref in refs.values()]
+        return [self._evaluate_alone(ref, final=final) for ref in refs.values()]
+
+    def _evaluate_alone(self, ref: ArtifactRef, *, final: bool) -> IntakeResult:
+        """One artifact of a sweep: a storage or database outage leaves it pending for the next sweep."""
+        try:
+            return self.evaluate(ref, final=final)
+        except TemporaryError as error:
+            log.warning("artifact.retry_later", artifact=ref.prefix, error=str(error))
+            return IntakeResult(status="pending", artifact=ref.prefix, model=ref.model, version=ref.version,
+                                reason=str(error.reason), message=f"retried later: {error.message}")
 
     def evaluate(self, ref: ArtifactRef, *, final: bool = False) -> IntakeResult:
-        """Decide about one artifact from what is in the bucket now."""
+        """Decide about one artifact from what is in the bucket now.
+
+        Never raises because of what the artifact holds: every failure to evaluate it becomes its rejection.
+        Only ``TemporaryError`` (storage or database unavailable) escapes, for the event to be redelivered.
+        """
         bound = log.bind(model=ref.model, version=ref.version, artifact=ref.prefix)
         try:
-            if not re.match(NAME_PATTERN, ref.model) or not re.match(VERSION_PATTERN, ref.version):
-                raise ArtifactRejected(
-                    f"path {ref.prefix!r} does not name a valid model and version "
-                    f"(name {NAME_PATTERN}, version {VERSION_PATTERN})", reason=Reason.MANIFEST_PATH_MISMATCH)
-            inspected = self._inspect_dir(ref, final=final) if ref.kind == "dir" else self._inspect_mar(ref)
-            if isinstance(inspected, IntakeResult):
-                self._remember(ref, status="pending", message=inspected.message)
-                bound.info("artifact.pending", missing=inspected.missing)
-                return inspected
-            manifest, digest = inspected
-            policy = self._policy_for(ref.model)
-            if manifest.has_model_code and not policy.rollout.allow_model_code:
-                raise ArtifactRejected(
-                    f"{ref.model}'s policy forbids model code inside artifacts; this artifact is {manifest.format} "
-                    f"with handler {manifest.handler!r}", reason=Reason.MODEL_CODE_FORBIDDEN, file=manifest.handler,
-                    hint="Ship state_dict or safetensors weights for a built-in architecture with a built-in handler "
-                         "(tabular, image_classifier, text_classifier), or change the policy.")
-            return self._register(ref, manifest, digest, policy, bound)
+            return self._judge(ref, final=final, bound=bound)
+        except SQLAlchemyError as error:
+            raise TemporaryError(f"metadata store unavailable while evaluating {ref.prefix}: {error}") from error
+
+    def _judge(self, ref: ArtifactRef, *, final: bool, bound: Any) -> IntakeResult:
+        try:
+            return self._decide(ref, final=final, bound=bound)
         except ArtifactRejected as rejection:
             return self._reject(ref, rejection, bound)
-        except PermanentError as error:
-            if error.reason is Reason.VERSION_CONFLICT:
-                return self._reject(ref, ArtifactRejected(error.message, reason=error.reason, hint=error.hint,
-                                                          details=error.details), bound)
+        except (TemporaryError, SQLAlchemyError):
             raise
+        except NotFound as gone:
+            bound.info("artifact.vanished", error=gone.message)
+            return IntakeResult(status="ignored", artifact=ref.prefix, model=ref.model, version=ref.version,
+                                message=gone.message)
+        except PermanentError as error:
+            return self._reject(ref, ArtifactRejected(error.message, reason=error.reason, hint=error.hint,
+                                                      details=error.details), bound)
+        except Exception as error:  # a bug must cost one artifact, never the whole intake
+            bound.exception("artifact.inspection_failed")
+            return self._reject(ref, ArtifactRejected(
+                f"intake could not evaluate {ref.prefix}: {type(error).__name__}: {error}"[:1000],
+                reason=Reason.INSPECTION_FAILED,
+                hint="Check the artifact against the contract in README.md; if it is valid, report this to the "
+                     "operators (the intake log has the traceback)."), bound)
+
+    def _decide(self, ref: ArtifactRef, *, final: bool, bound: Any) -> IntakeResult:
+        if not re.match(NAME_PATTERN, ref.model) or not re.match(VERSION_PATTERN, ref.version):
+            raise ArtifactRejected(
+                f"path {ref.prefix!r} does not name a valid model and version "
+                f"(name {NAME_PATTERN}, version {VERSION_PATTERN})", reason=Reason.MANIFEST_PATH_MISMATCH)
+        inspected = self._inspect_dir(ref, final=final) if ref.kind == "dir" else self._inspect_mar(ref)
+        if isinstance(inspected, IntakeResult):
+            self._remember(ref, status="pending", message=inspected.message)
+            bound.info("artifact.pending", missing=inspected.missing)
+            return inspected
+        manifest, digest = inspected
+        policy = self._policy_for(ref.model)
+        check_policy(manifest, policy)
+        return self._register(ref, manifest, digest, policy, bound)
 
     # ------------------------------------------------------------------------------------------ inspection
     def _inspect_dir(self, ref: ArtifactRef, *, final: bool) -> IntakeResult | tuple[Manifest, str]:
@@ -221,16 +199,31 @@ class Intake:
                 raise ArtifactRejected(f"{path} has sha256 {actual}; the manifest says {entry.sha256}",
                                        reason=Reason.CHECKSUM_MISMATCH, file=path,
                                        details={"expected": entry.sha256, "actual": actual})
-        if manifest.format is ModelFormat.STATE_DICT:
-            for path in manifest.files:
-                if path.endswith((".pt", ".pth", ".bin")):
-                    with self._store.open(ref.prefix + path, generation=objects[ref.prefix + path].generation) as f:
-                        check_weights_pickle(f, label=path)
+        self._check_contents(ref, manifest, objects)
         if not manifest.has_handler_code and manifest.handler not in BUILTIN_HANDLERS:
             raise ArtifactRejected(f"handler {manifest.handler!r} is neither built in "
                                    f"({', '.join(sorted(BUILTIN_HANDLERS))}) nor a .py file in the artifact",
                                    reason=Reason.UNKNOWN_HANDLER, file=MANIFEST_FILENAME)
         return manifest, digest
+
+    def _check_contents(self, ref: ArtifactRef, manifest: Manifest, objects: dict[str, ObjectInfo]) -> None:
+        """Every listed file as the pod and the gates will read it: samples capped, zips vetted, pickles scanned."""
+        archives = [path for path in manifest.files if path.endswith(".mar")]
+        if manifest.format is ModelFormat.MAR and len(archives) != 1:
+            raise ArtifactRejected(f"a 'mar' model directory must list exactly one .mar file, it lists {archives}",
+                                   reason=Reason.MANIFEST_INVALID, file=MANIFEST_FILENAME)
+        samples = {manifest.eval: True, manifest.reference: False}
+        for path in manifest.files:
+            info = objects[ref.prefix + path]
+            with self._store.open(ref.prefix + path, generation=info.generation) as handle:
+                if path in samples:
+                    check_sample_file(handle, label=path, size=info.size, eval_set=samples[path])
+                else:
+                    check_listed_file(handle, path=path, size=info.size)
+        unlisted = [name for name in (manifest.eval, manifest.reference) if name and name not in manifest.files]
+        if unlisted:
+            raise ArtifactRejected(f"sample {unlisted[0]!r} is not listed in files", reason=Reason.MANIFEST_INVALID,
+                                   file=MANIFEST_FILENAME)
 
     def _read_manifest(self, ref: ArtifactRef, info: ObjectInfo) -> Manifest:
         if info.size > MAX_MANIFEST_BYTES:
@@ -240,7 +233,7 @@ class Intake:
             raw = handle.read(MAX_MANIFEST_BYTES + 1)
         try:
             document = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ArtifactRejected(f"{MANIFEST_FILENAME} is not valid JSON: {exc}",
                                    reason=Reason.MANIFEST_INVALID_JSON, file=MANIFEST_FILENAME) from exc
         try:
@@ -271,39 +264,14 @@ class Intake:
             raise NotFound(f"{ref.prefix} vanished before intake read it", reason=Reason.FILE_MISSING)
         sha = self._sha256(ref.prefix, info)
         with self._store.open(ref.prefix, generation=info.generation) as handle:
-            mar = read_mar_manifest(handle, label=ref.prefix.rsplit("/", 1)[-1])
-        model = mar["model"]
-        filename = f"{ref.version}.mar"
-        manifest = Manifest(
-            name=ref.model, version=ref.version, format=ModelFormat.MAR, handler=str(model["handler"]),
-            files={filename: FileEntry(sha256=sha, size=info.size)},
-            inputs=[TensorSpec(name="data", datatype=Datatype.BYTES, shape=[-1])],
-            outputs=[TensorSpec(name="output", datatype=Datatype.BYTES, shape=[-1])],
-            description=f"TorchServe archive {model.get('modelName', '')} {model.get('modelVersion', '')}".strip(),
-            extra={"mar": mar})
+            contents = inspect_mar(handle, label=ref.prefix.rsplit("/", 1)[-1], size=info.size)
+        manifest = mar_manifest(model=ref.model, version=ref.version, contents=contents, sha256=sha, size=info.size)
         return manifest, "sha256:" + sha
 
     # ------------------------------------------------------------------------------------------ decisions
     def _policy_for(self, model: str) -> ReleasePolicy:
-        """The operator's policy from the registry; else, only where opted in, the bucket's; else the default."""
-        with session_scope(self._engine) as session:
-            operator = policies.current(session, model)
-        if operator is not None:
-            return operator.policy
-        if not self._bucket_policies:
-            return self._default_policy
-        name = f"policies/{model}.json"
-        info = self._store.stat(name)
-        if info is None:
-            return self._default_policy
-        with self._store.open(name) as handle:
-            raw = handle.read(MAX_MANIFEST_BYTES + 1)
-        try:
-            return ReleasePolicy.model_validate_json(raw)
-        except ValidationError as exc:
-            raise ArtifactRejected(f"{name} is not a valid release policy: {exc.errors()[0]['msg']}",
-                                   reason=Reason.POLICY_INVALID, file=name,
-                                   hint=f"Fix {name}; artifacts of {model} are held until it is valid.") from exc
+        return policy_for(model, engine=self._engine, store=self._store, default=self._default_policy,
+                          bucket_policies=self._bucket_policies)
 
     def _already_registered(self, ref: ArtifactRef, digest: str) -> bool:
         with session_scope(self._engine) as session:
@@ -359,7 +327,7 @@ class Intake:
             # Written after the commit: a crash in between leaves the event and a retry writes the report.
             try:
                 self._store.write(ref.report_name, json.dumps(report, indent=2).encode())
-            except ArtifactRejected as unwritable:
+            except (ArtifactRejected, OSError) as unwritable:
                 # The artifact's own folder is unsafe to write into (a symlink out of the bucket): the verdict
                 # stays in the registry and the artifact.rejected event, and nothing is written anywhere.
                 bound.warning("artifact.report_unwritable", error=str(unwritable))

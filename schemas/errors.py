@@ -38,6 +38,10 @@ class Reason(StrEnum):
     OBJECT_CHANGED = "object_changed"
     POLICY_INVALID = "policy_invalid"
     NOT_AN_ARTIFACT = "not_an_artifact"
+    REQUIREMENTS_FORBIDDEN = "requirements_forbidden"
+    SAMPLE_TOO_LARGE = "sample_too_large"
+    SAMPLE_INVALID = "sample_invalid"
+    INSPECTION_FAILED = "inspection_failed"
     # Registry and aliases.
     MODEL_NOT_FOUND = "model_not_found"
     VERSION_NOT_FOUND = "version_not_found"

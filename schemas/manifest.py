@@ -143,16 +143,17 @@ class Manifest(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
-        for role in ("eval", "reference"):
-            path = getattr(self, role)
-            if path is not None and path not in self.files:
+        handler = self.handler if self.handler.endswith(".py") else None
+        for role, path in (("eval", self.eval), ("reference", self.reference), ("handler", handler)):
+            if path is None:
+                continue
+            check_relative_path(path)
+            # In a .mar, the handler and the samples are members of the one archive listed in files (intake and
+            # the pod check them against its central directory); everywhere else they are files of the folder.
+            if path not in self.files and not self._is_archive_member(path):
                 raise ValueError(f"{role} file {path!r} is not listed in files")
         if self.format in (ModelFormat.STATE_DICT, ModelFormat.SAFETENSORS) and not self.architecture:
             raise ValueError(f"format {self.format} needs 'architecture' (a built-in architecture name)")
-        if self.handler.endswith(".py"):
-            check_relative_path(self.handler)
-            if self.handler not in self.files:
-                raise ValueError(f"handler file {self.handler!r} is not listed in files")
         names = [t.name for t in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError("input names must be unique")
@@ -160,6 +161,10 @@ class Manifest(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError("output names must be unique")
         return self
+
+    def _is_archive_member(self, path: str) -> bool:
+        members = self.extra.get("mar", {}).get("members", []) if isinstance(self.extra.get("mar"), dict) else []
+        return self.format is ModelFormat.MAR and isinstance(members, list) and path in members
 
     @property
     def has_handler_code(self) -> bool:

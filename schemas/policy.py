@@ -91,6 +91,9 @@ class RolloutPolicy(_Frozen):
                                    validation_alias=AliasChoices("allow_model_code", "allow_handler_code"))
     """Serve artifacts that carry code (handler files, ``.mar``, TorchScript). Off: only weights-only
     ``state_dict`` or ``safetensors`` in a built-in architecture. The pods' sandbox is the defence when on."""
+    #: A ``.mar`` built with ``--requirements-file`` asks for pip installs at load time. Refused unless True; even
+    #: then nothing is installed: intake records the file and pods serve with the packages they ship.
+    allow_requirements: bool = False
 
     @model_validator(mode="after")
     def _ends_at_full(self) -> RolloutPolicy:
