@@ -3,7 +3,7 @@
 # control plane. Build from the repository root:
 #   docker build -f deploy/docker/pod.Dockerfile -t REGION-docker.pkg.dev/PROJECT/model-release/pod:TAG .
 # torch comes from pod-requirements.txt, pinned to the version the test suite runs with (the Makefile's TORCH;
-# tests/kubernetes/test_pod_image.py keeps the two in step). Its Linux wheels bring the CUDA and cuDNN libraries;
+# tests/security/test_deploy_hardening.py keeps the two in step). Its Linux wheels bring the CUDA and cuDNN libraries;
 # the GPU driver comes from the node. torch >= 2.6 is required: earlier versions load pickles with
 # weights_only=True unsafely (CVE-2025-32434).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
