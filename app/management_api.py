@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.console.query import model_name
 from app.http_errors import error_response
 from monitoring.feedback import post_feedback
 from release import policies
@@ -79,15 +80,23 @@ def management_routes(app: App) -> list[Route]:
         return {"model": view.model, "revision": view.revision, "actor": view.actor, "diff": view.diff}
 
     async def get_policy(request: Request) -> Response:
-        model = request.path_params["model"]
+        try:
+            model = model_name(request.path_params["model"])
+        except ReleaseError as error:
+            return error_response(error)
         with session_scope(app.engine) as s:
             view = policies.current(s, model)
         policy = view.policy if view else default_policy(app.settings)
         return JSONResponse({"model": model, "source": "operator" if view else "default",
                              "revision": view.revision if view else None, "policy": policy.model_dump(mode="json")})
 
-    return [Route("/api/v1/models/{model}/policy", write(put_policy), methods=["PUT"]),
-            Route("/api/v1/models/{model}/policy", get_policy, methods=["GET"]),
+    write_policy = write(put_policy)
+
+    async def policy(request: Request) -> Response:
+        # One route for both methods, so a 405 names both in `Allow` (two routes would each name only their own).
+        return await (write_policy(request) if request.method == "PUT" else get_policy(request))
+
+    return [Route("/api/v1/models/{model}/policy", policy, methods=["GET", "PUT"]),
             Route("/api/v1/models/{model}/versions/{version}/promote", write(promote), methods=["POST"]),
             Route("/api/v1/models/{model}/versions/{version}/retry", write(retry), methods=["POST"]),
             Route("/api/v1/models/{model}/rollback", write(rollback), methods=["POST"]),

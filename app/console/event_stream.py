@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from app.console.query import int_param, text_param
+from app.console.query import int_param, model_param
 from app.console.read_access import ReadAccess
 from app.http_errors import error_response
 from app.output import plain
@@ -76,7 +76,7 @@ def stream_route(app: App) -> Route:
     async def stream(request: Request) -> Response:
         try:
             access.check(request)
-            tail = JournalTail(app, seq=_start_seq(request), model=text_param(request, "model", max_length=63))
+            tail = JournalTail(app, seq=_start_seq(request), model=model_param(request))
             limit = int_param(request, "max_s", default=None, low=1, high=86_400)
             max_s = min(float(limit), app.settings.console_stream_max_s) if limit else app.settings.console_stream_max_s
             await asyncio.to_thread(tail.start)
@@ -84,12 +84,13 @@ def stream_route(app: App) -> Route:
             return error_response(error)
 
         async def frames() -> AsyncIterator[str]:
-            yield f"retry: {RETRY_MS}\n: from {tail.seq}\n\n"
             started = last_sent = time.monotonic()
+            retry = f"retry: {RETRY_MS}\n"  # sent with the first event: a frame without data is no event
             while time.monotonic() - started < max_s:
                 batch = await asyncio.to_thread(tail.next_batch)
                 for item in batch:
-                    yield item
+                    yield retry + item
+                    retry = ""
                 now = time.monotonic()
                 if batch:
                     last_sent = now

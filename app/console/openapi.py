@@ -26,6 +26,21 @@ ERROR = {"type": "object", "required": ["reason", "message", "hint"],
                         "details": {"type": "object"}}}
 
 
+#: One journal event as the events page and each event-stream frame's ``data`` carry it.
+EVENT = {"type": "object", "required": ["seq", "id", "type", "topic", "time", "data"],
+         "properties": {"seq": {"type": "integer"}, "id": {"type": "string"}, "type": {"type": "string"},
+                        "topic": {"type": "string"}, "model": {"type": ["string", "null"]},
+                        "subject": {"type": ["string", "null"]}, "time": {"type": "string"},
+                        "data": {"type": "object"}}}
+
+#: One Server-Sent Events frame of the stream: ``id`` is the journal seq, ``event`` the short type, ``data`` the
+#: event as JSON (OpenAPI 3.2's way of describing an event stream, which 3.1 tools read as a plain schema).
+SSE_FRAME = {"type": "object", "required": ["id", "event", "data"],
+             "properties": {"id": {"type": "string"}, "event": {"type": "string"}, "retry": {"type": "integer"},
+                            "data": {"type": "string", "contentMediaType": "application/json",
+                                     "contentSchema": EVENT}}}
+
+
 def _obj(*required: str) -> dict[str, Any]:
     return {"type": "object", "required": list(required)}
 
@@ -98,15 +113,15 @@ def _reads() -> dict[str, Any]:
                     _query("model", {"type": "string", "pattern": NAME_PATTERN}, "one model's events"),
                     _query("limit", _int(1, 1000), "page size")])},
         "/api/v1/events/stream": {"get": _op(
-            "new events as Server-Sent Events (id = seq; resumes from Last-Event-ID)", {"type": "string"},
+            "new events as Server-Sent Events (id = seq; resumes from Last-Event-ID)", SSE_FRAME,
             media="text/event-stream",
             params=[_query("after", _int(0, 2**62), "start after this seq (default: only new events)"),
                     _query("model", {"type": "string", "pattern": NAME_PATTERN}, "one model's events"),
                     _query("max_s", _int(1, 86_400), "end the stream after this many seconds")])},
-        "/api/v1/dead-letters": {"get": _op("events that failed every attempt", _obj("dead_letters"),
-                                            params=[_query("subscription", {"type": "string", "maxLength": 64},
-                                                           "one subscription"),
-                                                    _query("limit", _int(1, 1000), "how many")])},
+        "/api/v1/dead-letters": {"get": _op(
+            "events that failed every attempt", _obj("dead_letters"),
+            params=[_query("subscription", {"type": "string", "minLength": 1, "maxLength": 64}, "one subscription"),
+                    _query("limit", _int(1, 1000), "how many")])},
         "/api/v1/openapi.json": {"get": _op("this document", _obj("openapi", "paths"), errors=())},
     }
 

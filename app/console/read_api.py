@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.console.query import int_param, state_param, text_param
+from app.console.query import int_param, model_param, state_param, text_param
 from app.console.read_access import ReadAccess
 from app.http_errors import error_response
 from app.output import plain
@@ -88,20 +88,20 @@ def _drift(request: Request, s: Session) -> Any:
 
 
 def _alerts(request: Request, s: Session) -> Any:
-    model = text_param(request, "model", max_length=63)
+    model = model_param(request)
     limit = int_param(request, "limit", default=50, low=1, high=500) or 50
     return {"open": drift_views.open_alerts(s, model=model),
             "events": drift_views.alert_events(s, model=model, limit=limit)}
 
 
 def _events(request: Request, s: Session) -> Any:
-    model = text_param(request, "model", max_length=63)
+    model = model_param(request)
     limit = int_param(request, "limit", default=100, low=1, high=1000) or 100
     after = int_param(request, "after", default=None, low=0, high=2**62)
+    before = int_param(request, "before", default=None, low=0, high=2**62)
     if after is not None:
         rows = list(journal_reads.after(s, seq=after, limit=limit, model=model))
     else:
-        before = int_param(request, "before", default=None, low=0, high=2**62)
         rows = journal_reads.before(s, seq=before, limit=limit, model=model)
     return {"events": [journal_reads.event_view(r) for r in rows], "last_seq": journal_reads.last_seq(s)}
 
