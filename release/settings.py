@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     reads_need_token: bool = Field(
         default=False, description="Require the write credentials for reads too (the read API, the event stream "
                                    "and the dashboard); default: reads are open, as on loopback.")
+    console_url: str = Field(
+        default="", description="The dashboard's address as people reach it (e.g. https://release.example.com); "
+                                "drift alert messages link to it. Empty: no link.")
     console_stream_max_s: float = Field(
         default=300.0, description="How long one event-stream connection stays open before the server ends it; "
                                    "browsers reconnect at once from the last event they saw.")
