@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo; exit 0 when the better version is PROD and the regressed one was rejected."""
     from sklearn.datasets import load_digits
 
-    serve = _wants_serving(argv)
+    serve = wants_serving(argv)
     home = Path(".release-demo").resolve()
     shutil.rmtree(home, ignore_errors=True)
     token = secrets.token_urlsafe(24) if serve else ""
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         app.close()
 
 
-def _wants_serving(argv: list[str] | None) -> bool:
+def wants_serving(argv: list[str] | None) -> bool:
     """``--serve``: leave the stack running afterwards."""
     parser = argparse.ArgumentParser(prog="python -m app.demo", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--serve", action="store_true", help="leave the stack running and open the dashboard")

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.console.query import model_name
+from app.console.read_access import ReadAccess
 from app.http_errors import error_response
 from monitoring.feedback import post_feedback
 from release import policies
@@ -50,6 +51,7 @@ def management_routes(app: App) -> list[Route]:
     """Authenticated writes beside the router: promote, rollback, retry, feedback, operator policies. Every
     write is audited (in the registry's audit log, feedback with its actor)."""
     write = _writer(app)
+    reads = ReadAccess(app)
 
     def promote(request: Request, actor: str, body: dict[str, Any]) -> dict[str, Any]:
         step = app.controller.promote(request.path_params["model"], request.path_params["version"], actor=actor,
@@ -81,6 +83,7 @@ def management_routes(app: App) -> list[Route]:
 
     async def get_policy(request: Request) -> Response:
         try:
+            reads.check(request)
             model = model_name(request.path_params["model"])
         except ReleaseError as error:
             return error_response(error)

@@ -129,6 +129,7 @@ def test_reads_can_require_the_write_credential(tmp_path: Path) -> None:
     try:
         with TestClient(web_of(application)) as locked:
             assert locked.get("/api/v1/models").status_code == 401
+            assert locked.get("/api/v1/models/digits/policy").status_code == 401
             assert locked.get("/ui/").status_code == 401
             assert locked.get("/api/v1/models", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
             locked.cookies.set("release_token", TOKEN)
