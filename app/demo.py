@@ -70,11 +70,15 @@ def _npz(**arrays: np.ndarray) -> bytes:
 
 
 def drop_version(bucket: Path, version: str, model: torch.nn.Module, x_eval: np.ndarray, y_eval: np.ndarray,
-                 x_ref: np.ndarray, accuracy: float) -> None:
-    """Upload ``model`` as ``digits/<version>`` (TorchScript, eval set, drift reference) the way uploaders do."""
+                 x_ref: np.ndarray, accuracy: float, *, y_ref: np.ndarray | None = None) -> None:
+    """Upload ``model`` as ``digits/<version>`` (TorchScript, eval set, drift reference) the way uploaders do.
+
+    ``y_ref``, the reference sample's labels, gives the drift monitor a reference class mix to compare with.
+    """
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(model), buffer)
-    files = {"model.pt": buffer.getvalue(), "eval.npz": _npz(x=x_eval, y=y_eval), "reference.npz": _npz(x=x_ref)}
+    reference = _npz(x=x_ref) if y_ref is None else _npz(x=x_ref, y=y_ref)
+    files = {"model.pt": buffer.getvalue(), "eval.npz": _npz(x=x_eval, y=y_eval), "reference.npz": reference}
     manifest = {
         "name": "digits", "version": version, "format": "torchscript", "handler": "tabular",
         "files": {p: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for p, b in files.items()},
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 acc = float((model(torch.tensor(x[held])).argmax(1).numpy() == y[held]).mean())
             _say(f"      held-out accuracy {acc:.3f}; dropping models/digits/{version}/ into {bucket}")
-            drop_version(bucket, version, model, x[held], y[held], x[train][:500], acc)
+            drop_version(bucket, version, model, x[held], y[held], x[train][:500], acc, y_ref=y[train][:500])
             started = time.monotonic()
             app.ensure_subscriptions()
             app.intake.reconcile(final=True)

@@ -8,6 +8,7 @@ reference profile in the registry, ``drift_alert_state`` and the ``alerts`` topi
 from __future__ import annotations
 
 import contextlib
+from dataclasses import asdict
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -30,7 +31,7 @@ def drift_detail(session: Session, model: str, *, version: str | None = None, wi
     rows = _rows(session, model, version, windows)
     names = [f["name"] for f in report["top_features"]]
     report["psi_series"] = _psi_series(rows, names)
-    report["accuracy"] = [vars(a) for a in live_accuracy(session, model, version)]
+    report["accuracy"] = [asdict(a) for a in live_accuracy(session, model, version)]
     report["thresholds"] = _thresholds(session, model, rows[-1].version if rows else version)
     report["histograms"], report["classes"] = [], None
     if rows:

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, func, select
 from release import registry
 from release.registry import PROD, STG, VersionView
 from schemas.states import SETTLED, VersionState
-from schemas.tables import AuditEntry, ModelVersion
+from schemas.tables import AuditEntry, Deployment, ModelVersion
 
 #: How many lines of a pod's log a version page shows.
 LOG_TAIL_LINES = 40
@@ -131,7 +131,7 @@ def timeline(session: Session, model: str, *, limit: int = 200) -> list[dict[str
     return [_audit(e) for e in registry.audit_log(session, model=model, limit=limit)]
 
 
-def _deployment(row: Any) -> dict[str, Any] | None:
+def _deployment(row: Deployment | None) -> dict[str, Any] | None:
     if row is None:
         return None
     lines = (row.log_excerpt or "").splitlines()

@@ -74,7 +74,7 @@ class Live:
 def drop(bucket: Path, version: str, kind: str, *, description: str) -> None:
     """Upload a digits version with a description (what uploaders write, shown on the page as text)."""
     files = {"model.pt": trained(kind), "eval.npz": npz_bytes(x=X[HELD], y=Y[HELD]),
-             "reference.npz": npz_bytes(x=X[TRAIN][:500])}
+             "reference.npz": npz_bytes(x=X[TRAIN][:500], y=Y[TRAIN][:500])}
     write_artifact(bucket, MODEL, version, files,
                    manifest_for(MODEL, version, files, eval="eval.npz", reference="reference.npz",
                                 description=description))

@@ -117,6 +117,9 @@ def test_model_page_shows_states_and_gate_reports_beside_prod(page: Any, live: L
     assert page.evaluate("window.__pwned") is None
     assert live.get("/api/v1/models/digits/versions/3")["state"] == "REJECTED"
     shot(page, "model")
+    page.set_viewport_size({"width": 390, "height": 844})  # a phone: the page reflows, nothing is cut off
+    expect(rejected.locator(".state")).to_be_visible()
+    shot(page, "model-phone")
 
 
 def test_write_buttons_refuse_without_a_token(page: Any, live: Live) -> None:
@@ -145,6 +148,7 @@ def test_drift_alert_appears_on_an_open_page_without_reload(page: Any, live: Liv
     expect(banner).to_contain_text("digits v2")
     expect(page.locator("#sec-alerts .alert").first).to_contain_text("v2", timeout=30_000)
     expect(page.locator("#sec-drift .overlay").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#sec-drift")).to_contain_text("predicted classes")
     assert page.evaluate("window.__sameDocument") == "yes"
     assert live.get("/api/v1/alerts", model="digits")["open"][0]["version"] == "2"
     shot(page, "model-drift-alert")
