@@ -24,11 +24,10 @@ from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
 from release.controller import Step
 from release.db import session_scope
 from release.identity import new_token
-from release.ports import DeploymentSpec, SubscriptionSpec
+from release.ports import SubscriptionSpec
 from release.settings import Settings
 from schemas.errors import ReleaseError
 from schemas.events import Topic
-from schemas.policy import ReleasePolicy
 from schemas.states import VersionState
 
 log = structlog.get_logger(__name__)
@@ -215,13 +214,12 @@ def cmd_deploy_render(app: App, args: argparse.Namespace) -> int:
     import yaml
 
     from release.adapters.k8s_manifests import ServingOptions, render_version
+    from release.deployment_spec import deployment_spec
 
     with session_scope(app.engine) as s:
         view = registry.resolve(s, args.name, args.version)
-    rollout = ReleasePolicy.model_validate(view.policy or {}).rollout
     gpu = args.gpu if args.gpu is not None else app.settings.gpu == "on"
-    spec = DeploymentSpec(model=view.model, version=view.version, artifact_uri=view.artifact_uri,
-                          replicas=rollout.replicas, gpu=gpu, allow_handler_code=rollout.allow_handler_code)
+    spec = deployment_spec(view, gpu=gpu)
     options = ServingOptions(image=args.image or app.settings.k8s_image,
                              **({"accelerator": args.accelerator} if args.accelerator else {}))
     manifests = render_version(spec, namespace=args.namespace or app.settings.k8s_namespace, options=options)

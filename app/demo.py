@@ -28,7 +28,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from release import registry
-from release.bootstrap import bootstrap
+from release.bootstrap import App, bootstrap
 from release.db import session_scope
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
 from release.settings import Settings
@@ -169,22 +169,18 @@ def wants_serving(argv: list[str] | None) -> bool:
     return bool(parser.parse_args(argv).serve)
 
 
-def _subscribe_monitor(app: object) -> None:
+def _subscribe_monitor(app: App) -> None:
     """Create the drift monitor's subscriptions first, so the served stack finds every event of the demo."""
     from monitoring.monitor import subscriptions
-    from release.bootstrap import App
 
-    assert isinstance(app, App)
     for spec in subscriptions(ack_deadline_s=app.settings.ack_deadline_s, max_attempts=app.settings.max_attempts):
         app.bus.ensure_subscription(spec)
 
 
-def _serve_dashboard(app: object, token: str) -> int:
+def _serve_dashboard(app: App, token: str) -> int:
     """Run the whole stack (``release up``) on the demo's state until Ctrl-C, after saying where to look."""
     from app.stack import run_stack
-    from release.bootstrap import App
 
-    assert isinstance(app, App)
     url = f"http://{app.settings.host}:{app.settings.port}"
     _say(f"\nThe stack is up. Open the dashboard: {url}/ui/models/digits")
     _say(f"  API token for promote / rollback / retry (paste it into the page once): {token}")
@@ -192,14 +188,12 @@ def _serve_dashboard(app: object, token: str) -> int:
     return run_stack(app, role="all")
 
 
-def _serve_traffic(app: object, rows: np.ndarray) -> int:
-    from release.bootstrap import App
-
-    assert isinstance(app, App)
+def _serve_traffic(app: App, rows: np.ndarray) -> int:
     metrics = RouterMetrics(CollectorRegistry())
     logger = PredictionLogger(engine=app.engine, bus=app.bus, dropped=metrics.dropped)
     logger.start()
-    router = Router(table=RouteTable(engine=app.engine), logger=logger, metrics=metrics)
+    router = Router(table=RouteTable(engine=app.engine), logger=logger, metrics=metrics,
+                    max_body_bytes=app.settings.max_body_mb * 2**20)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(build_router_app(router), host="127.0.0.1", port=port,
                                            log_level="warning"))

@@ -43,7 +43,7 @@ from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, default_policy
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
 from release.worker import Consumer
 from schemas.errors import ReleaseError
-from schemas.events import EventType
+from schemas.events import CloudEvent, EventType
 
 log = structlog.get_logger(__name__)
 
@@ -87,10 +87,10 @@ def _controller(app: App, stop: threading.Event, parts: _Parts, *,
     app.ensure_subscriptions()
     controller = app.controller
 
-    def handle(event: object) -> object:
-        result = controller.handle(event)  # type: ignore[arg-type]
-        if on_alias_moved is not None and getattr(event, "type", "") == EventType.ALIAS_MOVED:
-            on_alias_moved(getattr(event, "model", None))
+    def handle(event: CloudEvent) -> object:
+        result = controller.handle(event)
+        if on_alias_moved is not None and event.type == EventType.ALIAS_MOVED:
+            on_alias_moved(event.model)
         return result
 
     consumer = Consumer(bus=app.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=handle)
@@ -137,7 +137,8 @@ def _router(app: App, parts: _Parts, registry: CollectorRegistry) -> RouteTable:
     logger = PredictionLogger(engine=app.engine, bus=app.bus, dropped=metrics.dropped)
     logger.start()
     parts.closers.append(logger.close)
-    parts.router = Router(table=table, logger=logger, metrics=metrics)
+    parts.router = Router(table=table, logger=logger, metrics=metrics,
+                          max_body_bytes=app.settings.max_body_mb * 2**20)
     return table
 
 

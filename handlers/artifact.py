@@ -1,8 +1,10 @@
 """Turn an artifact path (a model directory or a ``.mar``) into a verified local model directory.
 
 This is the pod's gate against untrusted bytes: no symbolic links, no path escapes, every listed file present
-with its declared size and sha256, archives unpacked within limits, and handler code refused when the pod runs
-with ``--no-handler-code``. Nothing here imports torch or runs artifact code.
+with its declared size and sha256, archives unpacked within limits, and model code refused when the pod runs
+with ``--no-model-code``. With ``--expect-digest`` the manifest itself must be the one registered (its digest
+pins every file), so bytes swapped in the bucket after the gates are refused as ``checksum_mismatch`` however
+they differ. Nothing here imports torch or runs artifact code.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import pydantic
 
 from handlers.archive import ArchiveLimits, MarInfo, extract_zip, handler_file, inspect_mar
+from schemas.digest import DIGEST_PREFIX, manifest_digest
 from schemas.errors import ArtifactRejected, Reason
 from schemas.manifest import MANIFEST_FILENAME, MAX_MANIFEST_BYTES, Manifest, ModelFormat, check_relative_path
 
@@ -46,6 +49,14 @@ class VerifiedArtifact:
             return handler_file(self.mar["handler"]) is not None or self.mar["model_file"] is not None
         assert self.manifest is not None
         return self.manifest.handler.endswith(".py")
+
+    @property
+    def has_model_code(self) -> bool:
+        """True when serving this artifact runs a program that came with it (handler code, ``.mar``, TorchScript)."""
+        if self.mar is not None:
+            return True
+        assert self.manifest is not None
+        return self.manifest.has_model_code
 
 
 def _reject_symlinks(root: Path) -> None:
@@ -110,12 +121,35 @@ def _verify_file(root: Path, relative: str, *, size: int, sha256: str) -> None:
                                reason=Reason.CHECKSUM_MISMATCH, file=relative)
 
 
-def verify_model_dir(root: Path) -> Manifest:
-    """Check a model directory completely (links, manifest, every file's size and checksum); return its manifest."""
+def _check_digest(manifest: Manifest, expect_digest: str) -> None:
+    actual = manifest_digest(manifest)
+    if actual != expect_digest:
+        raise ArtifactRejected(f"{MANIFEST_FILENAME} has digest {actual}, registered {expect_digest}: these are "
+                               "not the bytes that were registered", reason=Reason.CHECKSUM_MISMATCH,
+                               file=MANIFEST_FILENAME,
+                               details={"expected": expect_digest, "actual": actual},
+                               hint="Versions are immutable: upload the new model under a new version.")
+
+
+def verify_model_dir(root: Path, *, expect_digest: str | None = None) -> Manifest:
+    """Check a model directory completely (links, manifest, every file's size and checksum); return its manifest.
+
+    With ``expect_digest`` the manifest must be the registered one, and any file that differs from it is a
+    ``checksum_mismatch``: the pod holds other bytes than those registered, whichever way they differ.
+    """
     _reject_symlinks(root)
     manifest = read_manifest(root)
+    if expect_digest is not None:
+        _check_digest(manifest, expect_digest)
     for relative, entry in manifest.files.items():
-        _verify_file(root, relative, size=entry.size, sha256=entry.sha256)
+        try:
+            _verify_file(root, relative, size=entry.size, sha256=entry.sha256)
+        except ArtifactRejected as e:
+            if expect_digest is None or e.reason not in (Reason.SIZE_MISMATCH, Reason.FILE_MISSING):
+                raise
+            raise ArtifactRejected(f"{e.message}; not the bytes that were registered",
+                                   reason=Reason.CHECKSUM_MISMATCH, file=relative,
+                                   details={"found": str(e.reason)}) from e
     return manifest
 
 
@@ -138,9 +172,11 @@ def _mar_in_dir(root: Path, manifest: Manifest) -> Path:
     return root / archives[0]
 
 
-def open_artifact(path: Path, *, work_dir: Path, allow_handler_code: bool,
-                  limits: ArchiveLimits | None = None, expect_sha256: str | None = None) -> VerifiedArtifact:
+def open_artifact(path: Path, *, work_dir: Path, allow_model_code: bool, limits: ArchiveLimits | None = None,
+                  expect_sha256: str | None = None, expect_digest: str | None = None) -> VerifiedArtifact:
     """Verify ``path`` (model directory or ``.mar``) and return where its checked files are.
+
+    ``expect_digest``: the digest recorded at registration; for a bare ``.mar`` it is the archive's sha256.
 
     ``.mar`` archives are unpacked under ``work_dir``. A model directory whose format is ``mar`` is served under
     the manifest's name and version; a bare ``.mar`` under the name in its ``MAR-INF/MANIFEST.json``.
@@ -149,7 +185,7 @@ def open_artifact(path: Path, *, work_dir: Path, allow_handler_code: bool,
     if path.is_symlink():
         raise ArtifactRejected(f"{path} is a symbolic link", reason=Reason.UNSAFE_SYMLINK, file=path.name)
     if path.is_dir():
-        manifest = verify_model_dir(path)
+        manifest = verify_model_dir(path, expect_digest=expect_digest)
         if manifest.format is ModelFormat.MAR:
             mar, model_dir = _unpack_mar(_mar_in_dir(path, manifest), work_dir=work_dir, limits=limits,
                                          expect_sha256=None)
@@ -159,14 +195,18 @@ def open_artifact(path: Path, *, work_dir: Path, allow_handler_code: bool,
             artifact = VerifiedArtifact(name=manifest.name, version=manifest.version, model_dir=path,
                                         manifest=manifest)
     elif path.is_file():
+        if expect_digest is not None:
+            expect_sha256 = expect_digest.removeprefix(DIGEST_PREFIX)
         mar, model_dir = _unpack_mar(path, work_dir=work_dir, limits=limits, expect_sha256=expect_sha256)
         artifact = VerifiedArtifact(name=mar["model_name"], version=mar["model_version"], model_dir=model_dir,
                                     mar=mar)
     else:
         raise ArtifactRejected(f"{path} does not exist", reason=Reason.FILE_MISSING, file=path.name)
-    if artifact.has_handler_code and not allow_handler_code:
+    if artifact.has_model_code and not allow_model_code:
         raise ArtifactRejected(
-            f"{artifact.name}:{artifact.version} ships handler code ({artifact.handler}) and this pod runs with "
-            "--no-handler-code", reason=Reason.HANDLER_CODE_FORBIDDEN, file=artifact.handler,
-            hint="Use a built-in handler, or deploy with handler code allowed by the release policy.")
+            f"{artifact.name}:{artifact.version} carries model code (handler {artifact.handler}, format "
+            f"{artifact.manifest.format if artifact.manifest else 'mar'}) and this pod runs with --no-model-code",
+            reason=Reason.MODEL_CODE_FORBIDDEN, file=artifact.handler,
+            hint="Ship weights only (state_dict or safetensors) for a built-in architecture with a built-in handler, "
+                 "or allow model code in the release policy.")
     return artifact

@@ -167,8 +167,8 @@ def load_runtime(settings: PodSettings, *, fronts: FrontTraffic | None = None) -
         torch.set_num_threads(settings.torch_threads)
     device = pick_device(settings.device)
     work_dir = settings.work_dir or Path(tempfile.mkdtemp(prefix="pod-"))
-    artifact = open_artifact(settings.artifact.resolve(), work_dir=work_dir,
-                             allow_handler_code=settings.allow_handler_code, expect_sha256=settings.expect_sha256)
+    artifact = open_artifact(settings.artifact.resolve(), work_dir=work_dir, allow_model_code=settings.allow_model_code,
+                             expect_sha256=settings.expect_sha256, expect_digest=settings.expect_digest)
     if settings.batch_workers > 1 and artifact.has_handler_code:
         raise PermanentError(f"--batch-workers {settings.batch_workers} runs batches on several threads at once, "
                              "and this artifact's own handler code is not known to be thread-safe; serve it with "

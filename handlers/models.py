@@ -2,6 +2,7 @@
 
 TorchScript goes through ``torch.jit.load``; ``state_dict`` weights through ``torch.load(weights_only=True)``
 into a built-in architecture. A pickle that needs anything beyond tensors is refused as ``UNSAFE_PICKLE``.
+``safetensors`` weights are read by the ``safetensors`` library, a plain tensor format with no code path at all.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -18,7 +21,7 @@ from handlers.architectures import build_architecture
 from schemas.errors import ArtifactRejected, PermanentError, Reason
 from schemas.manifest import Manifest, ModelFormat
 
-WEIGHT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".bin")
+WEIGHT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".bin", ".safetensors")
 
 
 def weights_file(manifest: Manifest) -> str:
@@ -53,6 +56,15 @@ def load_weights(path: Path) -> Mapping[str, torch.Tensor]:
     return state
 
 
+def load_safetensors(path: Path) -> Mapping[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file, never through pickle."""
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
+        raise ArtifactRejected(f"{path.name} is not a safetensors file: {e}", reason=Reason.ARCHIVE_INVALID,
+                               file=path.name) from e
+
+
 def load_torchscript(path: Path) -> nn.Module:
     """A TorchScript module on the CPU (the runner moves it)."""
     try:
@@ -62,11 +74,13 @@ def load_torchscript(path: Path) -> nn.Module:
                              reason=Reason.MODEL_LOAD_FAILED) from e
 
 
-def load_state_dict_model(path: Path, *, architecture: str, config: Mapping[str, Any]) -> nn.Module:
-    """Build the named built-in architecture and load ``path`` into it strictly."""
+def load_state_dict_model(path: Path, *, architecture: str, config: Mapping[str, Any],
+                          safetensors_file: bool = False) -> nn.Module:
+    """Build the named built-in architecture and load ``path`` (a weights pickle or safetensors) into it strictly."""
     module = build_architecture(architecture, config)
+    weights = load_safetensors(path) if safetensors_file else load_weights(path)
     try:
-        module.load_state_dict(load_weights(path), strict=True)
+        module.load_state_dict(weights, strict=True)
     except RuntimeError as e:
         raise PermanentError(f"{path.name} does not fit architecture {architecture!r}: {e}",
                              reason=Reason.MODEL_LOAD_FAILED) from e
@@ -78,9 +92,10 @@ def load_model(manifest: Manifest, model_dir: Path) -> nn.Module:
     path = model_dir / weights_file(manifest)
     if manifest.format is ModelFormat.TORCHSCRIPT:
         module = load_torchscript(path)
-    elif manifest.format is ModelFormat.STATE_DICT:
+    elif manifest.format in (ModelFormat.STATE_DICT, ModelFormat.SAFETENSORS):
         assert manifest.architecture is not None  # the manifest's own validation guarantees it
-        module = load_state_dict_model(path, architecture=manifest.architecture, config=manifest.extra)
+        module = load_state_dict_model(path, architecture=manifest.architecture, config=manifest.extra,
+                                       safetensors_file=manifest.format is ModelFormat.SAFETENSORS)
     else:
         raise ArtifactRejected(f"format {manifest.format} has no built-in loader", reason=Reason.MANIFEST_INVALID,
                                file="manifest.json")

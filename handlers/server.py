@@ -1,7 +1,8 @@
 """``python -m handlers.server``: load one artifact and serve it until SIGTERM, then drain and exit 0.
 
 Exit codes: 0 after a clean drain, 2 for a bad command line, 3 when the artifact is refused or fails to load
-(the log's last line says why, with its reason code), 1 when an HTTP worker process died unasked.
+(the log's last line says why, with its reason code), 4 when its bytes are not the registered ones
+(``checksum_mismatch``), 1 when an HTTP worker process died unasked (``schemas.pod_exit``).
 
 ``--http-workers 1`` (the default) is one process; more puts HTTP front processes (``handlers.front``) before
 one model process (``handlers.hub``), forked and watched by ``handlers.supervisor``.
@@ -22,10 +23,11 @@ from handlers.draining_server import DrainingServer, uvicorn_config
 from handlers.logs import configure_logging
 from handlers.settings import PodSettings, parse_settings
 from handlers.supervisor import serve_workers
+from schemas import pod_exit
 from schemas.errors import ReleaseError
 
 log = structlog.get_logger("handlers.server")
-EXIT_LOAD_FAILED = 3
+EXIT_LOAD_FAILED = pod_exit.LOAD_FAILED
 
 
 def serve(settings: PodSettings) -> int:
@@ -34,7 +36,7 @@ def serve(settings: PodSettings) -> int:
         runtime = load_runtime(settings)
     except ReleaseError as e:
         log.error("pod.load_failed", artifact=str(settings.artifact), **e.to_dict())
-        return EXIT_LOAD_FAILED
+        return pod_exit.exit_code_for(e.reason)
     # Everything loaded so far (torch, the model) lives until exit: keep the collector from rescanning it,
     # which would otherwise stall requests for tens of milliseconds at every full collection.
     gc.collect()
@@ -60,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.setswitchinterval(0.0005)
     configure_logging(log_format=settings.log_format, level=settings.log_level)
     if settings.http_workers > 1:
-        return serve_workers(settings, exit_load_failed=EXIT_LOAD_FAILED)
+        return serve_workers(settings)
     return serve(settings)
 
 

@@ -1,12 +1,13 @@
 """The pod server's settings: its command line, parsed once into one frozen object.
 
-The only environment variable read is ``POD_NO_HANDLER_CODE`` (``1``/``true``), the deployment-wide way to forbid
-artifact code that a command line cannot forget.
+The only environment variables read are ``POD_NO_MODEL_CODE`` and its older name ``POD_NO_HANDLER_CODE``
+(``1``/``true``), the deployment-wide way to forbid artifact code that a command line cannot forget.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from handlers.runner import COMPILE_MODES
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-NO_HANDLER_CODE_ENV = "POD_NO_HANDLER_CODE"
+NO_MODEL_CODE_ENVS = ("POD_NO_MODEL_CODE", "POD_NO_HANDLER_CODE")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,8 +37,9 @@ class PodSettings:
     channels_last: bool = False
     compile: str = "none"
     torch_threads: int | None = None
-    allow_handler_code: bool = True
+    allow_model_code: bool = True
     expect_sha256: str | None = None
+    expect_digest: str | None = None
     work_dir: Path | None = None
     drain_timeout_s: float = 30.0
     log_format: str = "console"
@@ -73,6 +75,12 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _digest(text: str) -> str:
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a digest (sha256: and 64 hex digits)")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m handlers.server`` command line."""
     parser = argparse.ArgumentParser(prog="python -m handlers.server", description="Serve one model artifact.")
@@ -90,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile", choices=COMPILE_MODES, default="none",
                         help="torch.compile mode; reduce-overhead uses CUDA graphs (batches padded to buckets)")
     parser.add_argument("--torch-threads", type=_positive_int, default=None, help="torch intra-op threads")
-    parser.add_argument("--no-handler-code", action="store_true", help="refuse artifacts that ship handler code")
+    parser.add_argument("--no-model-code", "--no-handler-code", dest="no_model_code", action="store_true",
+                        help="refuse artifacts that carry code: handler files, .mar, TorchScript")
     parser.add_argument("--expect-sha256", default=None, help="refuse a .mar whose sha256 differs")
+    parser.add_argument("--expect-digest", default=None, type=_digest,
+                        help="the digest recorded at registration (sha256:HEX); refuse any other bytes")
     parser.add_argument("--work-dir", type=Path, default=None, help="where .mar archives are unpacked")
     parser.add_argument("--drain-timeout-s", type=_non_negative_float, default=30.0)
     parser.add_argument("--log-format", choices=("json", "console"), default="console")
@@ -107,19 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_settings(argv: Sequence[str] | None, *, environ: Mapping[str, str]) -> PodSettings:
-    """Settings from the command line; ``POD_NO_HANDLER_CODE`` can only forbid code, never allow it."""
+    """Settings from the command line; ``POD_NO_MODEL_CODE`` can only forbid code, never allow it."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch_workers > 1 and args.compile != "none":
         # A compiled module (CUDA graphs above all) replays shared static buffers: one batch at a time.
         parser.error("--batch-workers above 1 cannot be combined with --compile; use one or the other")
-    forbid_env = environ.get(NO_HANDLER_CODE_ENV, "").strip().lower() in ("1", "true", "yes")
+    forbid_env = any(environ.get(name, "").strip().lower() in ("1", "true", "yes") for name in NO_MODEL_CODE_ENVS)
     return PodSettings(
         artifact=args.artifact, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
         max_batch_delay_ms=args.max_batch_delay_ms, queue_size=args.queue_size,
         request_timeout_s=args.request_timeout_s, max_body_bytes=args.max_body_bytes, device=args.device,
         dtype=args.dtype, channels_last=args.channels_last, compile=args.compile,
-        torch_threads=args.torch_threads, allow_handler_code=not (args.no_handler_code or forbid_env),
-        expect_sha256=args.expect_sha256, work_dir=args.work_dir, drain_timeout_s=args.drain_timeout_s,
+        torch_threads=args.torch_threads, allow_model_code=not (args.no_model_code or forbid_env),
+        expect_sha256=args.expect_sha256, expect_digest=args.expect_digest, work_dir=args.work_dir,
+        drain_timeout_s=args.drain_timeout_s,
         log_format=args.log_format, log_level=args.log_level, http_workers=args.http_workers,
         handoff_mb=args.handoff_mb, batch_workers=args.batch_workers)

@@ -32,6 +32,7 @@ from handlers.front_counters import FrontCounters
 from handlers.hub import FrontLink, ModelHub
 from handlers.messages import ModelInfo
 from handlers.settings import PodSettings
+from schemas import pod_exit
 from schemas.errors import ReleaseError
 
 log = structlog.get_logger("handlers.supervisor")
@@ -151,7 +152,7 @@ def _log_starting(runtime: ModelRuntime, settings: PodSettings, fronts: Sequence
              fronts=[front.pid for front in fronts])
 
 
-def serve_workers(settings: PodSettings, *, exit_load_failed: int) -> int:
+def serve_workers(settings: PodSettings) -> int:
     """Fork the fronts, load the model here, serve until SIGTERM, drain. Returns the process exit code."""
     wiring = Wiring.create(settings)
     fronts = _fork_fronts(settings, wiring)
@@ -166,7 +167,7 @@ def serve_workers(settings: PodSettings, *, exit_load_failed: int) -> int:
             link.replies.close()  # each front reads end of stream and exits
         supervisor.expect_exits()
         supervisor.wait(timeout_after_stop_s=LOAD_FAILED_WAIT_S)
-        return exit_load_failed
+        return pod_exit.exit_code_for(e.reason)
     gc.collect()
     gc.freeze()
     hub = ModelHub(runtime, links=wiring.links, counters=wiring.counters)

@@ -32,11 +32,27 @@ def bad_request(problem: str, message: str, **details: Any) -> BadRequest:
     return BadRequest(message, details={"problem": problem, **details})
 
 
+#: Numpy's own limit is 64 dimensions; no model input needs more than a handful.
+MAX_DIMENSIONS = 32
+#: One input's element count, whatever the data: a claimed shape is checked against this before anything is
+#: allocated or reshaped (2**31 elements is 8 GiB of FP32, more than any request body the pod accepts).
+MAX_ELEMENTS = 1 << 31
+
+
 def _shape(value: Any, *, name: str) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in value):
-        raise bad_request("invalid_request", f"input {name!r}: shape must be a list of non-negative integers",
-                          input=name)
+    """A shape of at most ``MAX_DIMENSIONS`` positive sizes whose product is at most ``MAX_ELEMENTS``. A manifest
+    cannot declare a 0-sized dimension (``TensorSpec``), so none is accepted: a zero-size tensor with huge
+    dimensions is refused before anything is reshaped."""
+    if (not isinstance(value, list) or len(value) > MAX_DIMENSIONS
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in value)):
+        raise bad_request("invalid_request", f"input {name!r}: shape must be a list of at most {MAX_DIMENSIONS} "
+                          "positive integers", input=name)
+    elements = 1
+    for d in value:
+        elements *= d
+        if elements > MAX_ELEMENTS:
+            raise bad_request("invalid_request", f"input {name!r}: shape {value} has more than {MAX_ELEMENTS} "
+                              "elements", input=name)
     return value
 
 

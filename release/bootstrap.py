@@ -59,7 +59,8 @@ def _local_serving(settings: Settings) -> ServingBackend:
     from release.adapters.local_serving import LocalServingBackend
 
     gpu = {"on": True, "off": False, "auto": None}[settings.gpu]
-    return LocalServingBackend(home=settings.home.resolve(), gpu=gpu)
+    return LocalServingBackend(home=settings.home.resolve(), gpu=gpu, pod_user=settings.pod_user,
+                               pod_root=settings.pod_root)
 
 
 def _kubernetes_serving(settings: Settings) -> ServingBackend:

@@ -29,6 +29,7 @@ from sqlmodel import Session, col, select
 
 from release import registry
 from release.db import session_scope
+from release.deployment_spec import deployment_spec
 from release.ports import Candidate, DeploymentSpec, EventBus, GateRunner, Promoter, ServingBackend
 from release.registry import PROD, STG, VersionView
 from release.transitions import SYSTEM, Step, TransitionApplier, alias_moved, displace, set_intent
@@ -109,17 +110,20 @@ class Controller:
         return self._transitions.move(view, S.DEPLOYING, reason="rollout started")
 
     def _deploying(self, view: VersionView) -> Step:
-        spec = self._spec(view)
         try:
+            # Inside the try: a local copy that no longer matches the registered bytes fails the version too.
+            spec = self._spec(view)
             self._serving.deploy(spec)
             status = self._serving.wait_ready(spec, timeout_s=self._policy(view).rollout.ready_timeout_s)
         except PermanentError as error:
             self._fault("DEPLOYING:failed")
             excerpt = str(error.details.get("log_excerpt", ""))
             self._serving.retire(view.model, view.version)
-            data = RolloutData(model=view.model, version=view.version, error=error.message, log_excerpt=excerpt)
+            data = RolloutData(model=view.model, version=view.version, error=error.message, log_excerpt=excerpt,
+                               reason=str(error.reason))
             failed = make_event(EventType.ROLLOUT_FAILED, data, event_id=f"rollout-failed-{view.id}-{view.revision}")
-            return self._transitions.move(view, S.FAILED, reason=f"rollout failed: {error.message}", extra=[failed],
+            return self._transitions.move(view, S.FAILED, reason=f"rollout failed [{error.reason}]: {error.message}",
+                                          extra=[failed],
                                           deployment=("failed", (), excerpt))
         self._fault("DEPLOYING:deployed")
         data = RolloutData(model=view.model, version=view.version, endpoints=list(status.endpoints))
@@ -341,10 +345,7 @@ class Controller:
         return ReleasePolicy.model_validate(view.policy or {})
 
     def _spec(self, view: VersionView) -> DeploymentSpec:
-        rollout = self._policy(view).rollout
-        return DeploymentSpec(model=view.model, version=view.version, artifact_uri=view.artifact_uri,
-                              local_path=self._materialize(view), replicas=rollout.replicas, gpu=self._gpu,
-                              allow_handler_code=rollout.allow_handler_code)
+        return deployment_spec(view, local_path=self._materialize(view), gpu=self._gpu)
 
     def _candidate(self, view: VersionView) -> Candidate:
         status = self._serving.status(view.model, view.version)

@@ -160,11 +160,12 @@ class Intake:
                 return inspected
             manifest, digest = inspected
             policy = self._policy_for(ref.model)
-            if manifest.has_handler_code and not policy.rollout.allow_handler_code:
+            if manifest.has_model_code and not policy.rollout.allow_model_code:
                 raise ArtifactRejected(
-                    f"{ref.model}'s policy forbids handler code inside artifacts; this artifact ships "
-                    f"{manifest.handler!r}", reason=Reason.HANDLER_CODE_FORBIDDEN, file=manifest.handler,
-                    hint="Use a built-in handler (tabular, image_classifier, text_classifier) or change the policy.")
+                    f"{ref.model}'s policy forbids model code inside artifacts; this artifact is {manifest.format} "
+                    f"with handler {manifest.handler!r}", reason=Reason.MODEL_CODE_FORBIDDEN, file=manifest.handler,
+                    hint="Ship state_dict or safetensors weights for a built-in architecture with a built-in handler "
+                         "(tabular, image_classifier, text_classifier), or change the policy.")
             return self._register(ref, manifest, digest, policy, bound)
         except ArtifactRejected as rejection:
             return self._reject(ref, rejection, bound)
@@ -313,11 +314,16 @@ class Intake:
     def _register(self, ref: ArtifactRef, manifest: Manifest, digest: str, policy: ReleasePolicy,
                   bound: Any) -> IntakeResult:
         uri = self._store.uri.rstrip("/") + "/" + ref.prefix
+        # Pods copy these generations (Cloud Storage); one swapped since hashing fails their digest check.
+        generations = {info.name[len(ref.prefix):] or next(iter(manifest.files)): info.generation
+                       for info in self._store.list(ref.prefix)}
         with session_scope(self._engine) as session:
             outcome = registry.register_version(
                 session, model=ref.model, version=ref.version, digest=digest, artifact_uri=uri,
                 format=str(manifest.format), manifest=manifest.model_dump(mode="json"), metrics=manifest.metrics,
-                policy=policy.model_dump(mode="json"))
+                policy=policy.model_dump(mode="json"),
+                generations={path: gen for path, gen in generations.items()
+                             if path in manifest.files or path == MANIFEST_FILENAME})
             self._remember(ref, status="registered", digest=digest, session=session)
             if outcome.created:
                 if self._on_registered is not None:

@@ -15,6 +15,25 @@ def _severity(_logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any
     return event
 
 
+class CurrentStderrLogger:
+    """A structlog logger that writes each line to whatever ``sys.stderr`` is when it writes.
+
+    structlog's ``PrintLogger`` keeps the stream it was made with; a module-level logger cached on first use would
+    then keep writing to a stream that was replaced and closed since (a test's captured output, a redirected
+    stream), and the log call itself would fail.
+    """
+
+    def msg(self, message: str) -> None:
+        """Write one rendered line."""
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def _current_stderr_logger(*_args: Any) -> CurrentStderrLogger:
+    return CurrentStderrLogger()
+
+
 def configure_logging(*, fmt: str = "auto", level: str = "INFO") -> None:
     """Set up structlog and stdlib logging; ``fmt`` is auto, json or console."""
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -32,7 +51,7 @@ def configure_logging(*, fmt: str = "auto", level: str = "INFO") -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_current_stderr_logger,
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")

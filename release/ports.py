@@ -151,7 +151,12 @@ class EventBus(Protocol):
 # --------------------------------------------------------------------------------------------- serving
 @dataclass(frozen=True)
 class DeploymentSpec:
-    """What to run for one version: where its artifact is and how to serve it."""
+    """What to run for one version: where its artifact is and how to serve it.
+
+    ``digest`` is the one recorded at registration: pods refuse any other bytes (``checksum_mismatch``).
+    ``generations`` maps each file of the artifact to the object generation registered, where the bucket has
+    generations (Cloud Storage), so pods copy those objects and never what replaced them.
+    """
 
     model: str
     version: str
@@ -159,7 +164,9 @@ class DeploymentSpec:
     local_path: Path | None = None
     replicas: int = 1
     gpu: bool = False
-    allow_handler_code: bool = True
+    allow_model_code: bool = True
+    digest: str = ""
+    generations: dict[str, int] = field(default_factory=dict)
     max_batch_size: int = 32
     max_batch_delay_ms: float = 2.0
     env: dict[str, str] = field(default_factory=dict)

@@ -8,7 +8,7 @@ its audit entry and its outgoing events land together or not at all. Rows leave 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,7 @@ class VersionView:
     revision: int
     created_at: datetime
     updated_at: datetime
+    generations: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ def _view(row: ModelVersion, model: str) -> VersionView:
                        artifact_uri=row.artifact_uri,
                        format=row.format, manifest=dict(row.manifest), metrics=dict(row.metrics),
                        policy=dict(row.policy), revision=row.revision, created_at=row.created_at,
-                       updated_at=row.updated_at)
+                       updated_at=row.updated_at, generations={k: int(v) for k, v in (row.generations or {}).items()})
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -151,8 +152,11 @@ class Registration:
 
 def register_version(session: Session, *, model: str, version: str, digest: str, artifact_uri: str,
                      format: str, manifest: dict[str, Any], metrics: dict[str, Any] | None = None,
-                     policy: dict[str, Any] | None = None, actor: str = "intake") -> Registration:
+                     policy: dict[str, Any] | None = None, actor: str = "intake",
+                     generations: dict[str, int] | None = None) -> Registration:
     """Register ``model/version`` idempotently.
+
+    ``generations``: each file's object generation as intake read and hashed it, where the bucket has them.
 
     The same name, version and digest again is a no-op that returns the existing version. The same name and
     version with another digest raises ``PermanentError(VERSION_CONFLICT)``: versions are immutable.
@@ -175,14 +179,16 @@ def register_version(session: Session, *, model: str, version: str, digest: str,
     seq = (session.exec(select(func.max(ModelVersion.seq)).where(ModelVersion.model_id == model_row.id)).one()
            or 0) + 1
     row = ModelVersion(model_id=model_row.id, version=version, seq=seq, digest=digest, artifact_uri=artifact_uri,
-                       format=format, manifest=manifest, metrics=dict(metrics or {}), policy=dict(policy or {}))
+                       format=format, manifest=manifest, metrics=dict(metrics or {}), policy=dict(policy or {}),
+                       generations=dict(generations or {}))
     try:
         with session.begin_nested():
             session.add(row)
     except IntegrityError:
         # A concurrent intake registered it between our read and insert: decide again on what is there now.
         return register_version(session, model=model, version=version, digest=digest, artifact_uri=artifact_uri,
-                                format=format, manifest=manifest, metrics=metrics, policy=policy, actor=actor)
+                                format=format, manifest=manifest, metrics=metrics, policy=policy, actor=actor,
+                                generations=generations)
     audit(session, actor=actor, action="version.registered", model=model, version=version,
           details={"digest": digest, "artifact_uri": artifact_uri})
     return Registration(_view(row, model), created=True)

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
                                    "when the registry has no operator policy for the model.")
     webhook_allow: str = Field(
         default="", description="Comma-separated URL prefixes drift webhooks may target; empty = no webhooks.")
+    max_body_mb: int = Field(
+        default=64, gt=0, description="Largest prediction request body the router accepts, in MiB; larger is "
+                                      "refused with 413 body_too_large before it is read whole.")
     log_format: Literal["auto", "json", "console"] = Field(
         default="auto", description="auto = console on a terminal, JSON otherwise.")
     log_level: str = Field(default="INFO", description="Minimum log level.")
@@ -53,6 +56,13 @@ class Settings(BaseSettings):
     ack_deadline_s: float = Field(default=600.0, description="Lease on a delivery before it is redelivered.")
     max_attempts: int = Field(default=5, description="Deliveries before an event is dead-lettered.")
     gpu: Literal["auto", "on", "off"] = Field(default="auto", description="Run local pods on the GPU.")
+    pod_user: str = Field(default="auto", description=(
+        "The account local pods run as when the control plane runs as root: 'auto' (nobody, if it can run the pod "
+        "runtime, else the control plane's own account with a warning), an account name (required to work), or '' "
+        "(the control plane's own account)."))
+    pod_root: Path | None = Field(default=None, description=(
+        "Where local pods get their own folders; default a folder under the system temp folder (every folder above "
+        "it must be traversable by the pod user, which RELEASE_HOME, mode 0700, is not)."))
     k8s_namespace: str = Field(default="model-release", description="Namespace for Kubernetes serving pods.")
     k8s_image: str = Field(default="ghcr.io/modelrelease/pod:latest", description="Serving pod image.")
     storage_emulator_host: str = Field(default="", validation_alias="STORAGE_EMULATOR_HOST",

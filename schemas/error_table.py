@@ -38,6 +38,7 @@ STATUS_BY_REASON: Mapping[Reason, int] = {
     Reason.ALIAS_NOT_FOUND: 404,
     Reason.ALIAS_CONFLICT: 409,
     Reason.INVALID_TRANSITION: 409,
+    Reason.BODY_TOO_LARGE: 413,
     Reason.QUEUE_FULL: 429,
     Reason.HANDLER_ERROR: 500,
     Reason.MODEL_LOAD_FAILED: 500,

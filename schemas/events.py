@@ -125,6 +125,8 @@ class RolloutData(BaseModel):
     endpoints: list[str] = Field(default_factory=list)
     error: str | None = None
     log_excerpt: str | None = None
+    reason: str | None = None
+    """Why a rollout failed, as a stable reason code (``checksum_mismatch``, ``rollout_failed``...)."""
 
 
 class GatesEvaluatedData(BaseModel):

@@ -38,6 +38,7 @@ class ModelFormat(StrEnum):
     TORCHSCRIPT = "torchscript"
     STATE_DICT = "state_dict"
     MAR = "mar"
+    SAFETENSORS = "safetensors"
 
 
 class Datatype(StrEnum):
@@ -146,8 +147,8 @@ class Manifest(BaseModel):
             path = getattr(self, role)
             if path is not None and path not in self.files:
                 raise ValueError(f"{role} file {path!r} is not listed in files")
-        if self.format is ModelFormat.STATE_DICT and not self.architecture:
-            raise ValueError("format state_dict needs 'architecture' (a built-in architecture name)")
+        if self.format in (ModelFormat.STATE_DICT, ModelFormat.SAFETENSORS) and not self.architecture:
+            raise ValueError(f"format {self.format} needs 'architecture' (a built-in architecture name)")
         if self.handler.endswith(".py"):
             check_relative_path(self.handler)
             if self.handler not in self.files:
@@ -164,6 +165,14 @@ class Manifest(BaseModel):
     def has_handler_code(self) -> bool:
         """True when the handler is code shipped inside the artifact rather than a built-in."""
         return self.handler.endswith(".py") or self.format is ModelFormat.MAR
+
+    @property
+    def has_model_code(self) -> bool:
+        """True when serving runs a program that came with the artifact: handler code, a ``.mar`` or TorchScript.
+
+        Only weights-only ``state_dict`` and ``safetensors`` loaded into a built-in architecture are code-free.
+        """
+        return self.has_handler_code or self.format not in (ModelFormat.STATE_DICT, ModelFormat.SAFETENSORS)
 
 
 def artifact_prefix(name: str, version: str) -> str:

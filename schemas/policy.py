@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 
 class _Frozen(BaseModel):
@@ -86,7 +86,11 @@ class RolloutPolicy(_Frozen):
     grace_period_s: Annotated[float, Field(ge=0)] = 30.0
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
     ready_timeout_s: Annotated[float, Field(gt=0)] = 120.0
-    allow_handler_code: bool = True
+    # Versions stored before the rename carry ``allow_handler_code``; it means the same switch, now wider.
+    allow_model_code: bool = Field(default=True,
+                                   validation_alias=AliasChoices("allow_model_code", "allow_handler_code"))
+    """Serve artifacts that carry code (handler files, ``.mar``, TorchScript). Off: only weights-only
+    ``state_dict`` or ``safetensors`` in a built-in architecture. The pods' sandbox is the defence when on."""
 
     @model_validator(mode="after")
     def _ends_at_full(self) -> RolloutPolicy:

@@ -78,6 +78,9 @@ class ModelVersion(SQLModel, table=True):
     artifact_uri: str = Field(sa_type=sa.Text)
     format: str = Field(max_length=16)
     manifest: dict[str, Any] = _json()
+    generations: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON, nullable=False,
+                                        sa_column_kwargs={"server_default": "{}"},
+                                        description="file path -> object generation read at registration")
     metrics: dict[str, Any] = _json()
     policy: dict[str, Any] = _json()
     reference_profile: dict[str, Any] | None = _json(nullable=True)

@@ -148,16 +148,36 @@ def _artifact_source(artifact_uri: str) -> tuple[str, str]:
     return source, local
 
 
-def _fetch_container(source: str, local: str, options: ServingOptions) -> dict[str, Any]:
+# Positional parameters: $1 the artifact's gs:// URI, $2 the local path, then (file, generation) pairs.
+_COPY_PINNED_DIR = ('src="$1"; dst="$2"; shift 2; while [ "$#" -gt 1 ]; do mkdir -p "$(dirname "$dst/$1")"; '
+                    'gcloud storage cp "$src/$1#$2" "$dst/$1"; shift 2; done')
+_COPY_PINNED_MAR = 'gcloud storage cp "$1#$4" "$2"'
+
+
+def _copy_script(local: str, generations: dict[str, int]) -> tuple[str, list[str]]:
+    """The init container's copy command and its extra arguments.
+
+    With the generations recorded at registration it copies exactly those objects (``gs://...#GENERATION``),
+    so a swap in the bucket after the gates never reaches a pod that starts later; without them it copies
+    the prefix, and the server's ``--expect-digest`` refuses anything but the registered bytes.
+    """
+    if not generations:
+        return ('gcloud storage cp "$1" "$2"' if local.endswith(".mar") else
+                'mkdir -p "$2" && gcloud storage rsync --recursive "$1" "$2"'), []
+    pairs = [str(part) for path, generation in sorted(generations.items()) for part in (path, generation)]
+    return (_COPY_PINNED_MAR if local.endswith(".mar") else _COPY_PINNED_DIR), pairs
+
+
+def _fetch_container(source: str, local: str, options: ServingOptions,
+                     generations: dict[str, int]) -> dict[str, Any]:
     # Arguments travel as positional parameters, never spliced into the script, so no object name can
     # inject shell syntax. rsync (not cp) copies a prefix's *contents* into the target whatever exists.
-    copy = 'gcloud storage cp "$1" "$2"' if local.endswith(".mar") else (
-        'mkdir -p "$2" && gcloud storage rsync --recursive "$1" "$2"')
+    copy, pinned = _copy_script(local, generations)
     return {
         "name": _FETCH_CONTAINER,
         "image": options.fetch_image,
         "imagePullPolicy": options.image_pull_policy,
-        "command": ["/bin/sh", "-c", f"set -e; {copy}", "fetch-model", source, local],
+        "command": ["/bin/sh", "-c", f"set -e; {copy}", "fetch-model", source, local, *pinned],
         "env": [
             {"name": "HOME", "value": _TMP_DIR},
             {"name": "CLOUDSDK_CONFIG", "value": f"{_TMP_DIR}/gcloud"},
@@ -194,8 +214,10 @@ def _server_args(spec: DeploymentSpec, artifact: str, options: ServingOptions) -
         "--work-dir", f"{_MODELS_DIR}/work",  # .mar archives unpack here: the root filesystem is read-only
         "--log-format", "json",
     ]
-    if not spec.allow_handler_code:
-        args.append("--no-handler-code")
+    if spec.digest:
+        args += ["--expect-digest", spec.digest]
+    if not spec.allow_model_code:
+        args.append("--no-model-code")
     return args
 
 
@@ -240,7 +262,7 @@ def _scheduling(spec: DeploymentSpec, options: ServingOptions) -> dict[str, Any]
 def _pod_spec(spec: DeploymentSpec, options: ServingOptions) -> dict[str, Any]:
     if options.model_source == "init-container":
         source, local = _artifact_source(spec.artifact_uri)
-        init = [_fetch_container(source, local, options)]
+        init = [_fetch_container(source, local, options, spec.generations)]
         artifact = local
     else:
         source, _ = _artifact_source(spec.artifact_uri)

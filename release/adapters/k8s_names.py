@@ -72,11 +72,16 @@ def _labels(spec: DeploymentSpec) -> dict[str, str]:
     }
 
 
+DIGEST_ANNOTATION = "modelrelease.dev/digest"
+
+
 def _annotations(spec: DeploymentSpec) -> dict[str, str]:
     return {
         "modelrelease.dev/model": spec.model,
         "modelrelease.dev/version": spec.version,
         "modelrelease.dev/artifact-uri": spec.artifact_uri,
+        # The registered digest: what the pods verify their files against (--expect-digest).
+        **({DIGEST_ANNOTATION: spec.digest} if spec.digest else {}),
     }
 
 

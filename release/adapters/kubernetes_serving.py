@@ -42,6 +42,7 @@ from release.adapters.k8s_manifests import (
 )
 from release.adapters.k8s_names import object_name, selector_labels
 from release.ports import DeploymentSpec, DeploymentStatus
+from schemas import pod_exit
 from schemas.errors import PermanentError, Reason
 
 _APPLY_PATCH = "application/apply-patch+yaml"
@@ -95,6 +96,12 @@ def _container_state(status: dict[str, Any]) -> str:
     else:
         text = "running" + ("" if status.get("ready") else " (not ready)")
     return f"container {status.get('name')}: {text}, restarts {restarts}"
+
+
+def _exit_codes(status: dict[str, Any]) -> list[int]:
+    """The exit codes a container's current and last run ended with."""
+    runs = (status.get("state") or {}, status.get("lastState") or {})
+    return [int(run["terminated"]["exitCode"]) for run in runs if "exitCode" in run.get("terminated", {})]
 
 
 def _worth_a_log(status: dict[str, Any]) -> bool:
@@ -333,9 +340,11 @@ class KubernetesServingBackend:
                 lines.append(f"  log of {container}:")
                 lines += [f"    {line}" for line in log.splitlines()]
         excerpt = "\n".join(lines)[-_EXCERPT_CHARS:]
+        # A pod that found other bytes than the registered ones says so by its exit code.
+        mismatch = any(pod_exit.CHECKSUM_MISMATCH in pod.get("exit_codes", ()) for pod in pods)
         return PermanentError(
             f"Rollout of {spec.model} {spec.version} failed: {why}",
-            reason=Reason.ROLLOUT_FAILED,
+            reason=Reason.CHECKSUM_MISMATCH if mismatch else Reason.ROLLOUT_FAILED,
             hint="Read details.log_excerpt: pod conditions say why pods are not scheduled or not ready.",
             details={"namespace": self._namespace, "deployment": name, "pods": pods, "log_excerpt": excerpt},
         )
@@ -359,6 +368,7 @@ class KubernetesServingBackend:
             name = pod["metadata"]["name"]
             described.append({
                 "name": name,
+                "exit_codes": sorted({code for c in containers for code in _exit_codes(c)}),
                 "phase": status.get("phase", "Unknown"),
                 "conditions": _conditions(status.get("conditions")),
                 "containers": [_container_state(c) for c in containers],

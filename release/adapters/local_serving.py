@@ -2,10 +2,13 @@
 
 It implements ``release.ports.ServingBackend``. Pods get free ports, log to
 ``home/pods/<model>/<version>/replica-N.log``, and are watched by a supervisor thread that restarts a crashed
-replica with exponential backoff (a pod that exits with the server's "artifact refused / failed to load" code is
-not restarted: retrying cannot help). Every running pod is recorded in ``home/pods/state.json`` so a control plane
-that restarts adopts the pods of its previous run (same pid, same command line) instead of leaking or duplicating
-them. The only knowledge of the pod runtime here is its command line and its HTTP health endpoint.
+replica with exponential backoff (a pod that exits with the server's "artifact refused / failed to load" or
+"checksum mismatch" code is not restarted: retrying cannot help). Each pod runs in the sandbox of
+``pod_sandbox``: its own folder and copy of the artifact, an allow-listed environment, an unprivileged account
+when this process is root, and ``--expect-digest`` so it serves only the registered bytes. Every running pod
+is recorded in ``home/pods/state.json`` so a control plane that restarts adopts the pods of its previous run
+(same pid, same command line) instead of leaking or duplicating them. The only knowledge of the pod runtime
+here is its command line and its HTTP health endpoint.
 """
 
 from __future__ import annotations
@@ -15,12 +18,10 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,68 +29,25 @@ from typing import Any
 import httpx
 import structlog
 
+from release.adapters.local_replica import Replica, free_port, tail
+from release.adapters.pod_sandbox import (
+    AUTO,
+    PodUser,
+    default_pod_root,
+    ensure_pod_root,
+    pod_environment,
+    prepare_pod_folder,
+    resolve_pod_user,
+    run_as,
+    secure_home,
+)
 from release.ports import DeploymentSpec, DeploymentStatus
+from schemas import pod_exit
 from schemas.errors import PermanentError, Reason
 
 log = structlog.get_logger("release.adapters.local_serving")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-POD_EXIT_LOAD_FAILED = 3
-LOG_EXCERPT_LINES = 40
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _pid_cmdline(pid: int) -> list[str] | None:
-    """The command line of a live process, None when it is gone (or a zombie)."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    if "\nState:\tZ" in status:
-        return None
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _tail(path: Path, lines: int = LOG_EXCERPT_LINES) -> str:
-    try:
-        with path.open("r", errors="replace") as fh:
-            return "".join(deque(fh, maxlen=lines))
-    except OSError:
-        return ""
-
-
-@dataclass(kw_only=True)
-class _Replica:
-    """One pod process: ours (``process``) or adopted from a previous run (``pid`` only)."""
-
-    index: int
-    port: int
-    log_path: Path
-    command: list[str]
-    pid: int = 0
-    process: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    restart_at: float | None = None
-    exit_code: int | None = None
-    gave_up: bool = False
-
-    def alive(self) -> bool:
-        """True while the process runs."""
-        if self.process is not None:
-            return self.process.poll() is None
-        return _pid_cmdline(self.pid) == self.command
-
-    def reap(self) -> int | None:
-        """The exit code once the process ended (unknown, -1, for an adopted process)."""
-        if self.process is not None:
-            return self.process.poll()
-        return None if self.alive() else -1
 
 
 @dataclass(kw_only=True)
@@ -100,7 +58,7 @@ class _Deployment:
     version: str
     fingerprint: str
     env: dict[str, str]
-    replicas: list[_Replica] = field(default_factory=list)
+    replicas: list[Replica] = field(default_factory=list)
 
 
 class LocalServingBackend:
@@ -108,8 +66,16 @@ class LocalServingBackend:
 
     def __init__(self, *, home: Path, python: str = sys.executable, host: str = "127.0.0.1",
                  gpu: bool | None = None, max_restarts: int = 5, restart_backoff_s: float = 0.5,
-                 stop_grace_s: float = 10.0, supervise_interval_s: float = 0.2):
+                 stop_grace_s: float = 10.0, supervise_interval_s: float = 0.2, pod_user: str = AUTO,
+                 pod_root: Path | None = None):
+        """``pod_user``: the account pods run as when this process is root (``auto``: ``nobody`` if it can run the
+        pod runtime); ``pod_root``: where pod folders live (default: under the system temp folder)."""
         self.home = home
+        secure_home(home)
+        self.pod_root = pod_root or default_pod_root(home)
+        ensure_pod_root(self.pod_root)
+        self._pod_user_setting = pod_user
+        self._pod_user: PodUser | str | None = "unresolved"
         self.pods_dir = home / "pods"
         self.pods_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.pods_dir / "state.json"
@@ -151,10 +117,13 @@ class LocalServingBackend:
                                      env=dict(spec.env))
             folder = self._folder(spec.model, spec.version)
             folder.mkdir(parents=True, exist_ok=True)
+            user = self._user()
             for index in range(spec.replicas):
-                port = _free_port(self.host)
-                replica = _Replica(index=index, port=port, log_path=folder / f"replica-{index}.log",
-                                   command=self._command(spec, port=port, work_dir=folder / f"work-{index}"))
+                sandbox = self.pod_root / spec.model / spec.version / f"replica-{index}"
+                artifact = prepare_pod_folder(sandbox, artifact=spec.local_path, user=user)
+                port = free_port(self.host)
+                replica = Replica(index=index, port=port, log_path=folder / f"replica-{index}.log", folder=sandbox,
+                                  command=self._command(spec, port=port, artifact=artifact))
                 self._spawn(replica, env=deployment.env)
                 deployment.replicas.append(replica)
             self._deployments[key] = deployment
@@ -223,38 +192,46 @@ class LocalServingBackend:
             return "cpu"
         return "cuda" if self.gpu else "auto"
 
-    def _command(self, spec: DeploymentSpec, *, port: int, work_dir: Path) -> list[str]:
-        assert spec.local_path is not None
-        command = [self.python, "-m", "handlers.server", "--artifact", str(spec.local_path), "--host", self.host,
+    def _user(self) -> PodUser | None:
+        """The pods' account, resolved once (it starts a probe process as that account)."""
+        if isinstance(self._pod_user, str):
+            self._pod_user = resolve_pod_user(self._pod_user_setting, python=self.python, code=REPO_ROOT)
+        return self._pod_user
+
+    def _command(self, spec: DeploymentSpec, *, port: int, artifact: Path) -> list[str]:
+        command = [self.python, "-m", "handlers.server", "--artifact", str(artifact), "--host", self.host,
                    "--port", str(port), "--max-batch-size", str(spec.max_batch_size),
                    "--max-batch-delay-ms", str(spec.max_batch_delay_ms), "--device", self._device(spec),
-                   "--work-dir", str(work_dir), "--log-format", "json"]
-        if not spec.allow_handler_code:
-            command.append("--no-handler-code")
+                   "--work-dir", str(artifact.parent / "work"), "--log-format", "json"]
+        if spec.digest:
+            command += ["--expect-digest", spec.digest]
+        if not spec.allow_model_code:
+            command.append("--no-model-code")
         return command
 
     def _fingerprint(self, spec: DeploymentSpec) -> str:
         fields = {"artifact": str(spec.local_path), "replicas": spec.replicas, "gpu": spec.gpu,
-                  "code": spec.allow_handler_code, "batch": spec.max_batch_size, "delay": spec.max_batch_delay_ms,
-                  "env": sorted(spec.env.items())}
+                  "code": spec.allow_model_code, "batch": spec.max_batch_size, "delay": spec.max_batch_delay_ms,
+                  "env": sorted(spec.env.items()), "digest": spec.digest}
         return json.dumps(fields, sort_keys=True)
 
-    def _spawn(self, replica: _Replica, *, env: dict[str, str]) -> None:
-        python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    def _spawn(self, replica: Replica, *, env: dict[str, str]) -> None:
+        assert replica.folder is not None
+        pod_env = pod_environment(folder=replica.folder, code=REPO_ROOT, extra=env, parent=os.environ)
         with replica.log_path.open("ab") as log_file:
             # A new session: the pod outlives a crash of this process, so the next run can adopt it.
-            replica.process = subprocess.Popen(
-                replica.command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env={**os.environ, **env, "PYTHONPATH": python_path}, start_new_session=True)
+            replica.process = subprocess.Popen(  # type: ignore[call-overload]
+                replica.command, cwd=replica.folder, stdin=subprocess.DEVNULL, stdout=log_file,
+                stderr=subprocess.STDOUT, env=pod_env, start_new_session=True, **run_as(self._user()))
         replica.pid = replica.process.pid
         replica.exit_code = None
         replica.restart_at = None
 
-    def _signal(self, replica: _Replica, sig: signal.Signals) -> None:
+    def _signal(self, replica: Replica, sig: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(replica.pid, sig)
 
-    def _stop_replicas(self, replicas: list[_Replica]) -> None:
+    def _stop_replicas(self, replicas: list[Replica]) -> None:
         running = [r for r in replicas if r.alive()]
         for replica in running:
             self._signal(replica, signal.SIGTERM)
@@ -275,8 +252,8 @@ class LocalServingBackend:
     def _stop_deployment(self, deployment: _Deployment) -> None:
         self._stop_replicas(deployment.replicas)
         for replica in deployment.replicas:
-            shutil.rmtree(self._folder(deployment.model, deployment.version) / f"work-{replica.index}",
-                          ignore_errors=True)
+            if replica.folder is not None:
+                shutil.rmtree(replica.folder, ignore_errors=True)
         log.info("local_serving.retired", model=deployment.model, version=deployment.version)
 
     # ------------------------------------------------------------------------------------------ supervision
@@ -287,7 +264,7 @@ class LocalServingBackend:
                     for replica in deployment.replicas:
                         self._check(deployment, replica)
 
-    def _check(self, deployment: _Deployment, replica: _Replica) -> None:
+    def _check(self, deployment: _Deployment, replica: Replica) -> None:
         if replica.gave_up:
             return
         if replica.restart_at is None:
@@ -295,7 +272,7 @@ class LocalServingBackend:
             if code is None:
                 return
             replica.exit_code = code
-            if code == POD_EXIT_LOAD_FAILED or replica.restarts >= self.max_restarts:
+            if code in pod_exit.FINAL or replica.restarts >= self.max_restarts:
                 replica.gave_up = True
                 log.error("local_serving.replica_failed", model=deployment.model, version=deployment.version,
                           replica=replica.index, exit_code=code, restarts=replica.restarts)
@@ -310,7 +287,7 @@ class LocalServingBackend:
             self._save_state()
 
     # ------------------------------------------------------------------------------------------ status
-    def _ready(self, replica: _Replica) -> bool:
+    def _ready(self, replica: Replica) -> bool:
         if replica.restart_at is not None or replica.gave_up:
             return False
         try:
@@ -323,16 +300,16 @@ class LocalServingBackend:
         total = len(deployment.replicas)
         problems = [f"replica {r.index} exited with {r.exit_code} ({r.restarts} restarts)"
                     for r in deployment.replicas if r.exit_code is not None]
-        excerpt = next((_tail(r.log_path) for r in deployment.replicas if r.exit_code is not None), "")
+        excerpt = next((tail(r.log_path) for r in deployment.replicas if r.exit_code is not None), "")
         return DeploymentStatus(
             model=deployment.model, version=deployment.version, ready=total > 0 and ready == total,
             endpoints=tuple(f"http://{self.host}:{r.port}" for r in deployment.replicas), ready_replicas=ready,
             replicas=total, message="; ".join([f"{ready}/{total} ready", *problems]), log_excerpt=excerpt)
 
-    def _rollout_failed(self, spec: DeploymentSpec, replica: _Replica, why: str) -> PermanentError:
-        excerpt = _tail(replica.log_path)
+    def _rollout_failed(self, spec: DeploymentSpec, replica: Replica, why: str) -> PermanentError:
+        excerpt = tail(replica.log_path)
         return PermanentError(f"{spec.model}:{spec.version} did not become ready: {why}",
-                              reason=Reason.ROLLOUT_FAILED, details={"log_excerpt": excerpt,
+                              reason=pod_exit.reason_for(replica.exit_code), details={"log_excerpt": excerpt,
                                                                      "log_path": str(replica.log_path)})
 
     # ------------------------------------------------------------------------------------------ state file
@@ -344,6 +321,7 @@ class LocalServingBackend:
                                 "fingerprint": deployment.fingerprint, "env": deployment.env,
                                 "index": replica.index, "port": replica.port, "pid": replica.pid,
                                 "command": replica.command, "log_path": str(replica.log_path),
+                                "folder": str(replica.folder) if replica.folder else None,
                                 "restarts": replica.restarts})
         temporary = self.state_path.with_suffix(".tmp")
         temporary.write_text(json.dumps({"pods": records}, indent=1))
@@ -357,8 +335,10 @@ class LocalServingBackend:
             records = []
         adopted: dict[tuple[str, str], _Deployment] = {}
         for record in records:
-            replica = _Replica(index=record["index"], port=record["port"], log_path=Path(record["log_path"]),
-                               command=list(record["command"]), pid=record["pid"], restarts=record["restarts"])
+            folder = record.get("folder")
+            replica = Replica(index=record["index"], port=record["port"], log_path=Path(record["log_path"]),
+                              command=list(record["command"]), pid=record["pid"], restarts=record["restarts"],
+                              folder=Path(folder) if folder else None)
             key = (record["model"], record["version"])
             deployment = adopted.setdefault(key, _Deployment(model=key[0], version=key[1],
                                                              fingerprint=record["fingerprint"],

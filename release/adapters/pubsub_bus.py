@@ -82,8 +82,7 @@ class PubSubEventBus:
         """``emulator_host`` (``PUBSUB_EMULATOR_HOST``, passed in by the bootstrap) selects a plaintext
         channel to an emulator; without it the clients use Application Default Credentials. ``topic_prefix``
         goes in front of every topic and subscription name, so several installations (or tests) share one
-        project. ``relay_topics`` limits ``flush`` to the topics this process's identity may publish to (each
-        Deployment relays its own; None relays every topic)."""
+        project. ``relay_topics`` limits ``flush`` to the topics this process may publish to (None: all)."""
         self._session_factory = session_factory
         self._project = project
         self._prefix = topic_prefix

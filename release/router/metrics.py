@@ -1,8 +1,29 @@
-"""The router's Prometheus metrics, on a registry the caller owns (so tests and stacks never share one)."""
+"""The router's Prometheus metrics, on a registry the caller owns (so tests and stacks never share one).
+
+Label values come from the registry, never from the client: a model name the route table does not know is
+counted as ``UNKNOWN_MODEL``, so clients sending made-up names cannot grow the number of series.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from schemas.errors import Reason, ReleaseError
+
+#: The one ``model`` label of requests for models that are not registered. Parentheses cannot occur in a model
+#: name (``schemas.manifest.NAME_PATTERN``), so it never merges with a real model's series.
+UNKNOWN_MODEL = "(unknown)"
+
+#: Route-table refusals raised only after the model itself was found. Any other refusal (an unknown model, an
+#: outage before the model was read) may carry a made-up name, so it is counted as ``UNKNOWN_MODEL``.
+_MODEL_FOUND = frozenset({Reason.VERSION_NOT_FOUND, Reason.ALIAS_NOT_FOUND, Reason.NOT_READY})
+
+
+def model_label(model: str, refusal: ReleaseError | None = None) -> str:
+    """The ``model`` label of a request: its model's name once the registry has vouched for it, else unknown."""
+    if refusal is None or refusal.reason in _MODEL_FOUND:
+        return model
+    return UNKNOWN_MODEL
 
 
 class RouterMetrics:

@@ -7,6 +7,9 @@
   cache TTL).
 - Every response carries ``X-Request-ID`` (taken from the request or generated), ``X-Group-Request-ID`` when
   given, ``X-Model-Version`` and ``Server-Timing``; a pod's ``Retry-After`` is passed through.
+- Every request is untrusted: its body is refused with 413 ``body_too_large`` past ``max_body_bytes`` (before it
+  is read when ``Content-Length`` says so, as soon as it passes the limit when streamed), and metric labels name
+  only models the registry knows (``metrics.model_label``).
 - Successful predictions are sampled at the version's drift policy rate and handed to the prediction logger.
 """
 
@@ -27,10 +30,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from release.router.metrics import RouterMetrics
+from release.router.metrics import RouterMetrics, model_label
 from release.router.pod_client import Answer, PodClient
 from release.router.prediction_log import PredictionLogger
 from release.router.prediction_records import Exchange, prediction_records
+from release.router.request_body import DEFAULT_MAX_BODY_BYTES, check_declared_length, read_limited
 from release.router.route_table import PROD, RouteTable, Target
 from schemas.error_table import http_status, retry_after
 from schemas.errors import ReleaseError
@@ -42,12 +46,14 @@ class Router:
     """The proxy: a Starlette app over a route table and a pool of pod connections.
 
     ``clock`` times the upstream call and the whole request (Server-Timing, latency metrics); tests inject one.
+    ``max_body_bytes`` is the largest request body accepted (``Settings.max_body_mb`` in bytes).
     """
 
     def __init__(self, *, table: RouteTable, logger: PredictionLogger | None, metrics: RouterMetrics,
                  timeout_s: float = 60.0, rng: random.Random | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.table = table
+        self._max_body_bytes = max_body_bytes
         self._logger = logger
         self._metrics = metrics
         self._rng = rng or random.Random()
@@ -112,8 +118,11 @@ class Router:
         try:
             target = await asyncio.to_thread(self.table.lookup, model, ref)
         except ReleaseError as error:
+            return self._refusal(error, model_label(model, error), headers)
+        try:
+            body = await self._body(request)
+        except ReleaseError as error:
             return self._refusal(error, model, headers)
-        body = await request.body()
         path = f"/v2/models/{model}/infer" if style == "v2" else f"/predictions/{model}"
         forward = {"content-type": request.headers.get("content-type", "application/json"),
                    "x-request-id": request_id}
@@ -134,8 +143,16 @@ class Router:
                 self._logger.offer(record)
         return Response(answer.body, status_code=answer.status, media_type=answer.content_type, headers=headers)
 
+    async def _body(self, request: Request) -> bytes:
+        """The request body, never read past ``max_body_bytes`` (refused unread when its declared length is over)."""
+        check_declared_length(request.headers, limit_bytes=self._max_body_bytes)
+        return await read_limited(request.stream(), limit_bytes=self._max_body_bytes)
+
     def _refusal(self, error: ReleaseError, model: str, headers: dict[str, str]) -> Response:
-        """The answer when the request cannot be routed: the error table's status, reason and hint."""
+        """The answer when the request cannot be served: the error table's status, reason and hint.
+
+        ``model`` is the metric label, already checked against the registry (``model_label``).
+        """
         status = http_status(error)
         if (wait := retry_after(error)) is not None:
             headers["Retry-After"] = wait

@@ -67,7 +67,7 @@ def monitor_consumer(app: App) -> Consumer:
 def test_brightened_traffic_alerts_and_rolls_prod_back(app: App, capsys: pytest.CaptureFixture[str]) -> None:
     """Brightened digits on PROD v2 give drift.measured, a critical drift.alert and a rollback to v1, all journalled."""
     bucket = bucket_of(app)
-    put_policy(bucket, merged(FAST, DRIFT))
+    put_policy(app, merged(FAST, DRIFT))
     drop(bucket, "1", trained("baseline"))
     drain(app)
     drop(bucket, "2", trained("better"))

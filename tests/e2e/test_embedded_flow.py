@@ -30,13 +30,14 @@ from prometheus_client import CollectorRegistry
 from sklearn.datasets import load_digits
 
 from app.cli import main as release_main
-from release import journal, registry
+from release import journal, policies, registry
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
 from release.db import session_scope
 from release.registry import VersionView
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
 from release.settings import Settings
 from release.worker import Consumer, run_until_idle
+from schemas.policy import ReleasePolicy
 from schemas.states import VersionState
 from tests.artifacts import DigitsMLP, manifest_for, npz_bytes, torchscript_bytes, write_artifact
 from tests.servers.in_thread import serve_in_thread
@@ -108,10 +109,11 @@ def drop(bucket: Path, version: str, model_bytes: bytes, *, handler: str | None 
     return write_artifact(bucket, MODEL, version, files, manifest_for(MODEL, version, files, **overrides))
 
 
-def put_policy(bucket: Path, policy: dict[str, Any]) -> None:
-    """Write ``policies/digits.json``: versions registered afterwards carry it."""
-    (bucket / "policies").mkdir(parents=True, exist_ok=True)
-    (bucket / "policies" / f"{MODEL}.json").write_text(json.dumps(policy))
+def put_policy(app: App, policy: dict[str, Any]) -> None:
+    """The operator sets digits' policy (as `release policy set` does): versions registered afterwards carry it."""
+    with session_scope(app.engine) as s:
+        policies.set_policy(s, model=MODEL, policy=ReleasePolicy.model_validate(policy), actor="operator",
+                            reason="test")
 
 
 def merged(*parts: dict[str, Any]) -> dict[str, Any]:
@@ -271,7 +273,7 @@ def test_better_version_is_promoted(app: App) -> None:
     """v1 goes LIVE as the first PROD; a better v2 passes every gate, goes LIVE and takes PROD."""
     assert held_out_accuracy("better") > held_out_accuracy("baseline")
     bucket = bucket_of(app)
-    put_policy(bucket, FAST)
+    put_policy(app, FAST)
     drop(bucket, "1", trained("baseline"))
     drain(app)
     assert version(app, "1").state is VersionState.LIVE and prod(app) == "1"
@@ -293,7 +295,7 @@ def test_better_version_is_promoted(app: App) -> None:
 def test_regressed_version_is_rejected_with_its_gate_report(app: App, capsys: pytest.CaptureFixture[str]) -> None:
     """A version trained on shuffled labels is REJECTED; its report and `release show --json` name the failed gates."""
     bucket = bucket_of(app)
-    put_policy(bucket, FAST)
+    put_policy(app, FAST)
     drop(bucket, "1", trained("baseline"))
     drain(app)
     drop(bucket, "2", trained("regressed"))
@@ -319,7 +321,7 @@ def test_regressed_version_is_rejected_with_its_gate_report(app: App, capsys: py
 def test_pods_that_never_load_end_failed_with_their_log(app: App, capsys: pytest.CaptureFixture[str]) -> None:
     """Garbage TorchScript bytes with a correct manifest pass intake, then the rollout FAILS with the pod's error."""
     bucket = bucket_of(app)
-    put_policy(bucket, merged(FAST, {"rollout": {"ready_timeout_s": 20}}))
+    put_policy(app, merged(FAST, {"rollout": {"ready_timeout_s": 20}}))
     drop(bucket, "1", b"this is not a TorchScript archive" * 32)
     drain(app)
 
@@ -347,7 +349,7 @@ def test_canary_breaching_its_error_budget_rolls_back(app: App) -> None:
     # Both steps are watched: however slow the machine, v2 cannot reach PROD without being judged.
     canary = {"rollout": {"strategy": "canary", "min_requests": 3, "max_error_rate": 0.05,
                           "steps": [{"weight": 50, "watch_s": 3}, {"weight": 100, "watch_s": 2}]}}
-    put_policy(bucket, merged(FAST, canary))
+    put_policy(app, merged(FAST, canary))
     drop(bucket, "1", trained("baseline"))
     drain(app)
     assert prod(app) == "1"

@@ -142,7 +142,7 @@ def env(tmp_path: Path, postgres: tuple[Engine, str], pubsub: str, gcs: tuple[Gc
 
 # ------------------------------------------------------------------------------------------------ helpers
 def _upload_model(bucket: storage.Bucket) -> None:
-    """A TorchScript digits model with an eval set it classifies correctly, its policy, the manifest last."""
+    """A TorchScript digits model with an eval set it classifies correctly, the manifest last."""
     torch.manual_seed(0)
     model = DigitsMLP().eval()
     x = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
@@ -150,7 +150,6 @@ def _upload_model(bucket: storage.Bucket) -> None:
         y = model(torch.from_numpy(x)).argmax(dim=1).numpy().astype(np.int64)
     files = {"model.pt": torchscript_bytes(model), "eval.npz": npz_bytes(x=x, y=y)}
     manifest = manifest_for(MODEL, VERSION, files, eval="eval.npz")
-    bucket.blob(f"policies/{MODEL}.json").upload_from_string(json.dumps(POLICY), content_type="application/json")
     for name, data in files.items():
         bucket.blob(f"models/{MODEL}/{VERSION}/{name}").upload_from_string(data)
     bucket.blob(f"models/{MODEL}/{VERSION}/manifest.json").upload_from_string(json.dumps(manifest),
@@ -196,11 +195,18 @@ def _await_prod(subscriber: pubsub_v1.SubscriberClient, subscription: str, kubel
     raise AssertionError(f"PROD did not move within {timeout_s} s; events seen: {seen}")
 
 
-def _release_setup(env: dict[str, str]) -> None:
-    """``release setup`` as a deployment runs it: migrations, topics and subscriptions."""
+def _release_setup(env: dict[str, str], tmp_path: Path) -> None:
+    """``release setup`` as a deployment runs it (migrations, topics, subscriptions), then the operator's policy
+    for the model with ``release policy set``."""
     setup = subprocess.run([sys.executable, "-m", "app.cli", "setup", "--json"], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=120, check=False)
     assert setup.returncode == 0, setup.stderr
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps(POLICY))
+    operator = subprocess.run([sys.executable, "-m", "app.cli", "policy", "set", MODEL, str(policy), "--reason",
+                               "onboarding"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              check=False)
+    assert operator.returncode == 0, operator.stderr
 
 
 def _observe_model_events(pubsub: str) -> tuple[pubsub_v1.SubscriberClient, str]:
@@ -266,7 +272,7 @@ def test_upload_to_live_through_gcs_function_pubsub_postgres_and_kubernetes(
         postgres: tuple[Engine, str], kube: str) -> None:
     """A model uploaded to the bucket goes LIVE behind PROD: function intake, Pub/Sub, PostgreSQL, kmock, real gates."""
     _, bucket = gcs
-    _release_setup(env)
+    _release_setup(env, tmp_path)
     subscriber, observer = _observe_model_events(pubsub)
 
     function, function_url = _start_function(env, tmp_path)

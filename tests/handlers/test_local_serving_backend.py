@@ -66,14 +66,14 @@ def test_killed_pod_is_restarted(backend: LocalServingBackend, artifacts: Artifa
 
 def test_pod_that_cannot_load_fails_with_log_excerpt(backend: LocalServingBackend, artifacts: Artifacts,
                                                      tmp_path: Path):
-    """A pod whose artifact is refused fails wait_ready with rollout_failed and the pod log's reason."""
+    """A pod whose bytes differ from its manifest fails wait_ready with checksum_mismatch and the pod log's reason."""
     broken = Path(shutil.copytree(artifacts.digits_ts, tmp_path / "broken"))
     (broken / "model.pt").write_bytes(b"x" * (broken / "model.pt").stat().st_size)
     spec = spec_for(broken)
     backend.deploy(spec)
     with pytest.raises(PermanentError) as caught:
         backend.wait_ready(spec, timeout_s=60)
-    assert caught.value.reason is Reason.ROLLOUT_FAILED
+    assert caught.value.reason is Reason.CHECKSUM_MISMATCH
     assert "checksum_mismatch" in caught.value.details["log_excerpt"]
     assert backend.restarts("digits", "1") == 0
 

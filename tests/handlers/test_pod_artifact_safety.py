@@ -155,7 +155,7 @@ def test_inspect_mar_imports_no_torch(artifacts: Artifacts):
 def test_mar_sha256_mismatch(artifacts: Artifacts, tmp_path):
     """A .mar whose digest differs from the expected one is refused as checksum_mismatch."""
     rejected(Reason.CHECKSUM_MISMATCH, open_artifact, artifacts.mar_function, work_dir=tmp_path,
-             allow_handler_code=True, expect_sha256="0" * 64)
+             allow_model_code=True, expect_sha256="0" * 64)
 
 
 # ------------------------------------------------------------------------------------------ model directories
@@ -163,7 +163,7 @@ def test_symlink_in_model_dir(artifacts: Artifacts, tmp_path):
     """A symbolic link anywhere in a model directory is refused as unsafe_symlink."""
     model_dir = copy_dir(artifacts.digits_ts, tmp_path)
     (model_dir / "extra").symlink_to("/etc/passwd")
-    rejected(Reason.UNSAFE_SYMLINK, open_artifact, model_dir, work_dir=tmp_path, allow_handler_code=True)
+    rejected(Reason.UNSAFE_SYMLINK, open_artifact, model_dir, work_dir=tmp_path, allow_model_code=True)
 
 
 def test_listed_file_is_a_symlink(artifacts: Artifacts, tmp_path):
@@ -171,7 +171,7 @@ def test_listed_file_is_a_symlink(artifacts: Artifacts, tmp_path):
     model_dir = copy_dir(artifacts.digits_ts, tmp_path)
     (model_dir / "model.pt").rename(tmp_path / "elsewhere.pt")
     (model_dir / "model.pt").symlink_to(tmp_path / "elsewhere.pt")
-    rejected(Reason.UNSAFE_SYMLINK, open_artifact, model_dir, work_dir=tmp_path, allow_handler_code=True)
+    rejected(Reason.UNSAFE_SYMLINK, open_artifact, model_dir, work_dir=tmp_path, allow_model_code=True)
 
 
 def test_checksum_mismatch(artifacts: Artifacts, tmp_path):
@@ -181,7 +181,7 @@ def test_checksum_mismatch(artifacts: Artifacts, tmp_path):
     data[-1] ^= 0xFF
     (model_dir / "model.pt").write_bytes(bytes(data))
     error = rejected(Reason.CHECKSUM_MISMATCH, open_artifact, model_dir, work_dir=tmp_path,
-                     allow_handler_code=True)
+                     allow_model_code=True)
     assert error.file == "model.pt"
 
 
@@ -190,14 +190,14 @@ def test_size_mismatch(artifacts: Artifacts, tmp_path):
     model_dir = copy_dir(artifacts.digits_ts, tmp_path)
     with (model_dir / "model.pt").open("ab") as fh:
         fh.write(b"more")
-    rejected(Reason.SIZE_MISMATCH, open_artifact, model_dir, work_dir=tmp_path, allow_handler_code=True)
+    rejected(Reason.SIZE_MISMATCH, open_artifact, model_dir, work_dir=tmp_path, allow_model_code=True)
 
 
 def test_missing_file(artifacts: Artifacts, tmp_path):
     """A listed file that is absent is refused as file_missing."""
     model_dir = copy_dir(artifacts.digits_ts, tmp_path)
     (model_dir / "model.pt").unlink()
-    rejected(Reason.FILE_MISSING, open_artifact, model_dir, work_dir=tmp_path, allow_handler_code=True)
+    rejected(Reason.FILE_MISSING, open_artifact, model_dir, work_dir=tmp_path, allow_model_code=True)
 
 
 def test_manifest_path_escape(artifacts: Artifacts, tmp_path):
@@ -206,26 +206,26 @@ def test_manifest_path_escape(artifacts: Artifacts, tmp_path):
     manifest = json.loads((model_dir / "manifest.json").read_text())
     manifest["files"]["../../etc/passwd"] = {"sha256": "0" * 64, "size": 1}
     (model_dir / "manifest.json").write_text(json.dumps(manifest))
-    rejected(Reason.UNSAFE_PATH, open_artifact, model_dir, work_dir=tmp_path, allow_handler_code=True)
+    rejected(Reason.UNSAFE_PATH, open_artifact, model_dir, work_dir=tmp_path, allow_model_code=True)
 
 
 def test_manifest_not_json(artifacts: Artifacts, tmp_path):
     """A manifest.json that is not JSON is refused as manifest_invalid_json."""
     model_dir = copy_dir(artifacts.digits_ts, tmp_path)
     (model_dir / "manifest.json").write_text("{")
-    rejected(Reason.MANIFEST_INVALID_JSON, open_artifact, model_dir, work_dir=tmp_path, allow_handler_code=True)
+    rejected(Reason.MANIFEST_INVALID_JSON, open_artifact, model_dir, work_dir=tmp_path, allow_model_code=True)
 
 
 def test_handler_code_forbidden_in_model_dir(artifacts: Artifacts, tmp_path):
-    """A model directory with a handler .py is refused as handler_code_forbidden when code is not allowed."""
-    rejected(Reason.HANDLER_CODE_FORBIDDEN, open_artifact, artifacts.slow, work_dir=tmp_path,
-             allow_handler_code=False)
+    """A model directory with a handler .py is refused as model_code_forbidden when code is not allowed."""
+    rejected(Reason.MODEL_CODE_FORBIDDEN, open_artifact, artifacts.slow, work_dir=tmp_path,
+             allow_model_code=False)
 
 
 def test_handler_code_forbidden_in_mar(artifacts: Artifacts, tmp_path):
-    """A .mar is refused as handler_code_forbidden when code is not allowed, before it is unpacked."""
-    rejected(Reason.HANDLER_CODE_FORBIDDEN, open_artifact, artifacts.mar_function, work_dir=tmp_path,
-             allow_handler_code=False)
+    """A .mar is refused as model_code_forbidden when code is not allowed, before it is unpacked."""
+    rejected(Reason.MODEL_CODE_FORBIDDEN, open_artifact, artifacts.mar_function, work_dir=tmp_path,
+             allow_model_code=False)
 
 
 class Smuggled:
@@ -253,7 +253,7 @@ def test_state_dict_artifact_with_unsafe_pickle(artifacts: Artifacts, tmp_path):
 
 
 def test_pod_refuses_code_with_env_flag(artifacts: Artifacts, start_pod):
-    """POD_NO_HANDLER_CODE=1 makes the pod exit 3 on a .mar, logging reason handler_code_forbidden."""
+    """POD_NO_HANDLER_CODE=1 (the older name) makes the pod exit 3 on a .mar, logging model_code_forbidden."""
     pod = start_pod(artifacts.mar_class, "--log-format", "json", env={"POD_NO_HANDLER_CODE": "1"})
     assert pod.wait_exit() == 3
-    assert '"reason": "handler_code_forbidden"' in pod.log
+    assert '"reason": "model_code_forbidden"' in pod.log

@@ -170,16 +170,16 @@ def test_init_container_copies_the_artifact_and_the_server_reads_it_locally() ->
     assert server["command"] == ["python", "-m", "handlers.server"]
     assert server["args"][:6] == ["--artifact", "/models/artifact", "--host", "0.0.0.0", "--port", "8080"]
     assert server["args"][server["args"].index("--max-batch-size") + 1] == "32"
-    assert "--no-handler-code" not in server["args"]
+    assert "--no-model-code" not in server["args"]
 
 
-def test_a_policy_without_handler_code_reaches_the_server() -> None:
-    """allow_handler_code=False becomes the server's --no-handler-code flag."""
+def test_a_policy_without_model_code_reaches_the_server() -> None:
+    """allow_model_code=False becomes the server's --no-model-code flag."""
     spec = DeploymentSpec(model="digits", version="1", artifact_uri="gs://b/models/digits/1",
-                          allow_handler_code=False)
+                          allow_model_code=False)
     server = _pod_spec(render_version(spec, namespace="ns"))["containers"][0]
 
-    assert "--no-handler-code" in server["args"]
+    assert "--no-model-code" in server["args"]
 
 
 def test_archives_and_direct_reads_pass_the_right_artifact() -> None:

@@ -183,7 +183,7 @@ def _bad_dir(kind: str, bucket: Path, engine: Engine) -> None:
         code = {**files, "handler.py": b"def handle(data, context):\n    return data\n"}
         write_artifact(bucket, "bad", "1", code, manifest_for("bad", "1", code, handler="handler.py"))
         with session_scope(engine) as s:
-            policies.set_policy(s, model="bad", policy=ReleasePolicy(rollout=RolloutPolicy(allow_handler_code=False)),
+            policies.set_policy(s, model="bad", policy=ReleasePolicy(rollout=RolloutPolicy(allow_model_code=False)),
                                 actor="operator", reason="no code")
     else:
         raise AssertionError(kind)
@@ -192,7 +192,8 @@ def _bad_dir(kind: str, bucket: Path, engine: Engine) -> None:
 DIR_KINDS = ["manifest_invalid_json", "manifest_invalid", "manifest_path_mismatch", "unsafe_path",
              "checksum_mismatch", "size_mismatch", "unsafe_symlink", "unsafe_pickle", "manifest_too_large",
              "unknown_handler", "file_missing", "manifest_missing", "handler_code_forbidden"]
-EXPECTED_REASON = {"unsafe_path": "manifest_invalid"}  # the manifest schema refuses escaping paths outright
+EXPECTED_REASON = {"unsafe_path": "manifest_invalid",  # the manifest schema refuses escaping paths outright
+                   "handler_code_forbidden": "model_code_forbidden"}  # handler files are one kind of model code
 
 
 @pytest.mark.parametrize("kind", DIR_KINDS)

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from release.db import session_scope
 from release.router.metrics import RouterMetrics
 from release.router.prediction_log import PredictionLogger
-from release.router.prediction_records import Exchange, prediction_records
+from release.router.prediction_records import MAX_ROWS_PER_REQUEST, Exchange, prediction_records
 from tests.handlers.pod_testkit import Pod
 from tests.release.router_testkit import MODEL, Harness, RecordingBus, Upstream, add_version, move_alias, record
 
@@ -43,6 +44,34 @@ def test_each_row_of_a_nested_tensor_is_one_record() -> None:
 def test_a_body_that_is_not_an_oip_tensor_gives_no_record() -> None:
     """Requests the router cannot read as OIP tensors are served but not logged."""
     assert prediction_records(_exchange({"instances": [[1, 2]]}, {"predictions": [0]})) == []
+
+
+def _tensor(shape: object, data: list[object], key: str = "inputs") -> dict[str, object]:
+    return {key: [{"name": "x", "datatype": "FP32", "shape": shape, "data": data}]}
+
+
+ONE_OUTPUT = _tensor([1, 2], [0.3, 0.7], key="outputs")
+
+
+@pytest.mark.parametrize("shape", [[1_000_000, 1], [3, 1_000_000], [2], [0, 3], [-3, -1], [3.0, 1], [True, 3],
+                                   "3", [2**40, 2**40, 2**40]])
+def test_a_shape_the_data_does_not_fill_gives_no_record(shape: object) -> None:
+    """A declared shape is believed only when it holds exactly the values sent: otherwise nothing is logged."""
+    assert prediction_records(_exchange(_tensor(shape, [0.5, 0.25, 1.0]), ONE_OUTPUT)) == []
+
+
+def test_vectors_and_scalars_are_one_row() -> None:
+    """A 1-d tensor (or a scalar) is one row of all its values."""
+    assert [r.inputs for r in prediction_records(_exchange(_tensor([3], [1, 2, 3]), ONE_OUTPUT))] == [[1.0, 2.0, 3.0]]
+    assert [r.inputs for r in prediction_records(_exchange(_tensor([], [7]), ONE_OUTPUT))] == [[7.0]]
+
+
+def test_rows_per_request_are_capped() -> None:
+    """A truthful bulk request logs its first MAX_ROWS_PER_REQUEST rows only."""
+    rows = MAX_ROWS_PER_REQUEST + 500
+    records = prediction_records(_exchange(_tensor([rows, 1], list(range(rows))), ONE_OUTPUT))
+    assert len(records) == MAX_ROWS_PER_REQUEST
+    assert records[-1].inputs == [float(MAX_ROWS_PER_REQUEST - 1)]
 
 
 # ---------------------------------------------------------------------------------------------- sampling

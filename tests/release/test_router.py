@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 
 from release import registry
 from release.db import session_scope
+from release.router.metrics import UNKNOWN_MODEL
 from tests.handlers.pod_testkit import Pod, free_port
 from tests.release.router_testkit import MODEL, FakeClock, Harness, Upstream, add_version, move_alias
 
@@ -105,7 +106,10 @@ def test_unknown_model_or_version_is_404_with_reason(sqlite_engine: Engine, upst
     version = h.infer(f"/v2/models/{MODEL}/versions/9/infer")
     assert version.status_code == 404 and version.json()["reason"] == "version_not_found"
     assert "9" in version.json()["error"]
-    assert h.sample("router_requests_total", model="nope", version="-", code="404") == 1
+    # The unknown model is counted under the one fixed label; the known model's refusal keeps its own.
+    assert h.sample("router_requests_total", model="nope", version="-", code="404") == 0
+    assert h.sample("router_requests_total", model=UNKNOWN_MODEL, version="-", code="404") == 1
+    assert h.sample("router_requests_total", model=MODEL, version="-", code="404") == 1
 
 
 def test_version_without_ready_pods_is_503(sqlite_engine: Engine, serve_router: Callable[..., Harness]) -> None:
