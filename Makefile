@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	# The dashboard's chart library: a pinned npm tarball, integrity-checked (app/console/static/ASSETS.md).
+	$(BIN)/python -m app.console.assets
 	touch $(STAMP)
 
 lint: install
@@ -26,8 +28,9 @@ lint: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# `make demo SERVE=1` leaves the stack running and prints the dashboard's URL.
 demo: install
-	$(BIN)/python -m app.demo
+	$(BIN)/python -m app.demo $(if $(SERVE),--serve,)
 
 clean:
 	rm -rf $(VENV) .release demo-bucket .mypy_cache .ruff_cache .pytest_cache

@@ -239,6 +239,13 @@ def cmd_token(_app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(_app: App, args: argparse.Namespace) -> int:
+    """The demo (``make demo``): three versions through the whole flow; ``--serve`` leaves the stack up."""
+    from app.demo import main as demo_main
+
+    return demo_main(["--serve"] if args.serve else [])
+
+
 def cmd_dead_letters(app: App, args: argparse.Namespace) -> int:
     """Events that failed every attempt, with their last error; --redrive puts them back."""
     if args.redrive:
@@ -314,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the actor its writes are audited under (a person, a team, a pipeline)")
     p = command("dead-letters", cmd_dead_letters, "events that failed every attempt")
     p.add_argument("--redrive", metavar="SUBSCRIPTION")
+    p = command("demo", cmd_demo, "train three digits versions and run them through the flow (make demo)")
+    p.add_argument("--serve", action="store_true", help="then keep the stack running and print the dashboard URL")
     register_monitoring(sub, command)
     register_policy(sub)
     return parser

@@ -1,4 +1,4 @@
-"""``release drift`` and ``release feedback``: the monitoring commands, added to the parser by ``register``.
+"""``release drift``, ``release alerts`` and ``release feedback``: the monitoring commands, added by ``register``.
 
 Kept apart from ``app.cli`` so that the core commands start without importing the numeric stack: monitoring
 (numpy, SciPy) is imported when one of these commands runs.
@@ -21,11 +21,15 @@ Command = Callable[[str, Callable[[App, argparse.Namespace], int], str], argpars
 
 
 def register(_sub: argparse._SubParsersAction[argparse.ArgumentParser], command: Command) -> None:
-    """Add ``drift`` and ``feedback`` through ``build_parser``'s ``command`` helper (so they get ``--json``)."""
+    """Add ``drift``, ``alerts`` and ``feedback`` through ``build_parser``'s ``command`` helper (so they get
+    ``--json``)."""
     p = command("drift", cmd_drift, "drift windows, top drifting features and open alerts of a model")
     p.add_argument("name")
     p.add_argument("--version", help="a version or alias; default: every version")
     p.add_argument("--limit", type=int, default=10, help="how many recent windows")
+    p = command("alerts", cmd_alerts, "open drift alerts and the newest alert events (of one model or all)")
+    p.add_argument("name", nargs="?", help="one model; default: every model")
+    p.add_argument("--limit", type=int, default=20, help="how many recent alert events")
     p = command("feedback", cmd_feedback, "record ground truth for served requests and show live accuracy")
     p.add_argument("name")
     p.add_argument("--request-id")
@@ -67,6 +71,26 @@ def _render_drift(report: dict[str, Any]) -> str:
         "open alerts\n" + table(report["alerts"], ["version", "severity", "alert_id", "since"]),
         "live accuracy\n" + table(accuracy, ["version", "labelled", "correct", "accuracy", "valued", "mae"]),
     ])
+
+
+def cmd_alerts(app: App, args: argparse.Namespace) -> int:
+    """Open drift alerts with their reasons, then the newest alert events (what the dashboard shows)."""
+    from monitoring.drift_views import alert_events, open_alerts
+
+    with session_scope(app.engine) as s:
+        report = {"open": open_alerts(s, model=args.name),
+                  "events": alert_events(s, model=args.name, limit=args.limit)}
+
+    def render(r: dict[str, Any]) -> str:
+        opened = [{**a, "reasons": "; ".join(a["reasons"])[:80]} for a in r["open"]]
+        events = [{**e, "reasons": "; ".join(e["reasons"] or [])[:60]} for e in r["events"]]
+        return "\n\n".join([
+            "open alerts\n" + table(opened, ["model", "version", "severity", "since", "reasons"]),
+            "recent alert events (newest first)\n" + table(events, ["at", "model", "version", "kind", "severity",
+                                                                     "reasons"])])
+
+    emit(args, report, render)
+    return 0
 
 
 def cmd_feedback(app: App, args: argparse.Namespace) -> int:

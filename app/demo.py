@@ -3,13 +3,17 @@
 Trains three versions of a digits classifier (scikit-learn's digits ship inside the package): a baseline, a
 better one and a regressed one; drops each into the bucket folder as a user would; runs intake, rollout to
 local pods, gates and promotion; then sends traffic through the router and shows which version answered.
+With ``--serve`` (``make demo SERVE=1``, ``release demo --serve``) it then leaves the whole stack running, as
+``release up`` would, and prints the dashboard's URL and a token for its buttons.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
+import secrets
 import shutil
 import socket
 import sys
@@ -66,11 +70,15 @@ def _npz(**arrays: np.ndarray) -> bytes:
 
 
 def drop_version(bucket: Path, version: str, model: torch.nn.Module, x_eval: np.ndarray, y_eval: np.ndarray,
-                 x_ref: np.ndarray, accuracy: float) -> None:
-    """Upload ``model`` as ``digits/<version>`` (TorchScript, eval set, drift reference) the way uploaders do."""
+                 x_ref: np.ndarray, accuracy: float, *, y_ref: np.ndarray | None = None) -> None:
+    """Upload ``model`` as ``digits/<version>`` (TorchScript, eval set, drift reference) the way uploaders do.
+
+    ``y_ref``, the reference sample's labels, gives the drift monitor a reference class mix to compare with.
+    """
     buffer = io.BytesIO()
     torch.jit.save(torch.jit.script(model), buffer)
-    files = {"model.pt": buffer.getvalue(), "eval.npz": _npz(x=x_eval, y=y_eval), "reference.npz": _npz(x=x_ref)}
+    reference = _npz(x=x_ref) if y_ref is None else _npz(x=x_ref, y=y_ref)
+    files = {"model.pt": buffer.getvalue(), "eval.npz": _npz(x=x_eval, y=y_eval), "reference.npz": reference}
     manifest = {
         "name": "digits", "version": version, "format": "torchscript", "handler": "tabular",
         "files": {p: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for p, b in files.items()},
@@ -92,14 +100,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the demo; exit 0 when the better version is PROD and the regressed one was rejected."""
     from sklearn.datasets import load_digits
 
+    serve = wants_serving(argv)
     home = Path(".release-demo").resolve()
     shutil.rmtree(home, ignore_errors=True)
-    settings = Settings(home=home, log_format="console", log_level="WARNING")
+    token = secrets.token_urlsafe(24) if serve else ""
+    settings = Settings(home=home, log_format="console", log_level="WARNING", api_token=token)
     app = bootstrap(settings)
+    if serve:
+        _subscribe_monitor(app)
     bucket = Path(settings.bucket_location)
     digits = load_digits()
     x = (digits.data / 16.0).astype(np.float32)
@@ -119,7 +131,7 @@ def main() -> int:
             with torch.no_grad():
                 acc = float((model(torch.tensor(x[held])).argmax(1).numpy() == y[held]).mean())
             _say(f"      held-out accuracy {acc:.3f}; dropping models/digits/{version}/ into {bucket}")
-            drop_version(bucket, version, model, x[held], y[held], x[train][:500], acc)
+            drop_version(bucket, version, model, x[held], y[held], x[train][:500], acc, y_ref=y[train][:500])
             started = time.monotonic()
             app.ensure_subscriptions()
             app.intake.reconcile(final=True)
@@ -143,9 +155,37 @@ def main() -> int:
         _say(f"\nversions: {states}; PROD = v{prod.version if prod else '-'}")
         ok = prod is not None and prod.version == "2" and states.get("3") == "REJECTED" and failures == 0
         _say("demo OK" if ok else "demo FAILED")
+        if serve and ok:
+            return _serve_dashboard(app, token)
         return 0 if ok else 1
     finally:
         app.close()
+
+
+def wants_serving(argv: list[str] | None) -> bool:
+    """``--serve``: leave the stack running afterwards."""
+    parser = argparse.ArgumentParser(prog="python -m app.demo", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--serve", action="store_true", help="leave the stack running and open the dashboard")
+    return bool(parser.parse_args(argv).serve)
+
+
+def _subscribe_monitor(app: App) -> None:
+    """Create the drift monitor's subscriptions first, so the served stack finds every event of the demo."""
+    from monitoring.monitor import subscriptions
+
+    for spec in subscriptions(ack_deadline_s=app.settings.ack_deadline_s, max_attempts=app.settings.max_attempts):
+        app.bus.ensure_subscription(spec)
+
+
+def _serve_dashboard(app: App, token: str) -> int:
+    """Run the whole stack (``release up``) on the demo's state until Ctrl-C, after saying where to look."""
+    from app.stack import run_stack
+
+    url = f"http://{app.settings.host}:{app.settings.port}"
+    _say(f"\nThe stack is up. Open the dashboard: {url}/ui/models/digits")
+    _say(f"  API token for promote / rollback / retry (paste it into the page once): {token}")
+    _say(f"  read API: {url}/api/v1/models   OpenAPI: {url}/api/v1/openapi.json   Ctrl-C stops everything.")
+    return run_stack(app, role="all")
 
 
 def _serve_traffic(app: App, rows: np.ndarray) -> int:

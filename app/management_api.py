@@ -1,6 +1,6 @@
-"""The management API beside the router: promote, rollback, ground-truth feedback and operator policies, each an
-authenticated, audited write whose actor is the credential's identity (``release.identity``), never a header the
-caller writes. Errors answer with the status and ``Retry-After`` of the one error table."""
+"""The management API beside the router: promote, rollback, retry, ground-truth feedback and operator policies,
+each an authenticated, audited write whose actor is the credential's identity (``release.identity``), never a
+header the caller writes. Errors answer with the status and ``Retry-After`` of the one error table."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app.console.query import model_name
+from app.console.read_access import ReadAccess
+from app.http_errors import error_response
 from monitoring.feedback import post_feedback
 from release import policies
 from release.bootstrap import App, authenticator, default_policy
 from release.db import session_scope
-from schemas.error_table import http_status, retry_after
 from schemas.errors import BadRequest, ReleaseError
 
 Action = Callable[[Request, str, dict[str, Any]], dict[str, Any]]
@@ -35,11 +37,9 @@ def _writer(app: App) -> Callable[[Action], Callable[..., Any]]:
                     raise BadRequest("the request body must be a JSON object")
                 result = await asyncio.to_thread(action, request, actor, body)
             except ValueError as error:  # malformed JSON
-                return JSONResponse({"reason": "bad_request", "message": f"invalid JSON: {error}"}, status_code=400)
+                return error_response(BadRequest(f"invalid JSON: {error}", hint="Send a JSON object body."))
             except ReleaseError as error:
-                wait = retry_after(error)
-                return JSONResponse(error.to_dict(), status_code=http_status(error),
-                                    headers={"Retry-After": wait} if wait else None)
+                return error_response(error)
             return JSONResponse(result)
 
         return endpoint
@@ -48,9 +48,10 @@ def _writer(app: App) -> Callable[[Action], Callable[..., Any]]:
 
 
 def management_routes(app: App) -> list[Route]:
-    """Authenticated writes beside the router: promote, rollback, ground-truth feedback, operator policies. Every
+    """Authenticated writes beside the router: promote, rollback, retry, feedback, operator policies. Every
     write is audited (in the registry's audit log, feedback with its actor)."""
     write = _writer(app)
+    reads = ReadAccess(app)
 
     def promote(request: Request, actor: str, body: dict[str, Any]) -> dict[str, Any]:
         step = app.controller.promote(request.path_params["model"], request.path_params["version"], actor=actor,
@@ -61,6 +62,11 @@ def management_routes(app: App) -> list[Route]:
         step = app.controller.rollback(request.path_params["model"], actor=actor,
                                        reason=str(body.get("reason", "api")))
         return {"state": str(step.after) if step else None}
+
+    def retry(request: Request, actor: str, body: dict[str, Any]) -> dict[str, Any]:
+        step = app.controller.retry(request.path_params["model"], request.path_params["version"], actor=actor,
+                                    reason=str(body.get("reason", "api")))
+        return {"model": step.model, "version": step.version, "state": str(step.after)}
 
     def feedback(_request: Request, actor: str, body: dict[str, Any]) -> dict[str, Any]:
         return post_feedback(app.engine, app.bus, {"actor": actor, **body})
@@ -76,15 +82,25 @@ def management_routes(app: App) -> list[Route]:
         return {"model": view.model, "revision": view.revision, "actor": view.actor, "diff": view.diff}
 
     async def get_policy(request: Request) -> Response:
-        model = request.path_params["model"]
+        try:
+            reads.check(request)
+            model = model_name(request.path_params["model"])
+        except ReleaseError as error:
+            return error_response(error)
         with session_scope(app.engine) as s:
             view = policies.current(s, model)
         policy = view.policy if view else default_policy(app.settings)
         return JSONResponse({"model": model, "source": "operator" if view else "default",
                              "revision": view.revision if view else None, "policy": policy.model_dump(mode="json")})
 
-    return [Route("/api/v1/models/{model}/policy", write(put_policy), methods=["PUT"]),
-            Route("/api/v1/models/{model}/policy", get_policy, methods=["GET"]),
+    write_policy = write(put_policy)
+
+    async def policy(request: Request) -> Response:
+        # One route for both methods, so a 405 names both in `Allow` (two routes would each name only their own).
+        return await (write_policy(request) if request.method == "PUT" else get_policy(request))
+
+    return [Route("/api/v1/models/{model}/policy", policy, methods=["GET", "PUT"]),
             Route("/api/v1/models/{model}/versions/{version}/promote", write(promote), methods=["POST"]),
+            Route("/api/v1/models/{model}/versions/{version}/retry", write(retry), methods=["POST"]),
             Route("/api/v1/models/{model}/rollback", write(rollback), methods=["POST"]),
             Route("/api/v1/feedback", write(feedback), methods=["POST"])]

@@ -5,14 +5,15 @@ Roles (``ROLES``), each a set of threads plus routes served on ``RELEASE_PORT`` 
 * ``controller``: the controller's consumer of ``model-events`` (which also relays the outbox) and a periodic
   pass that retires superseded versions;
 * ``router``: the prediction router, its prediction-log publisher and an outbox relay;
-* ``api``: the token-protected management API and an outbox relay;
+* ``api``: the token-protected management API, the read API and dashboard (``app.console``) and an outbox relay;
 * ``monitor``: the drift monitor's consumer of ``prediction-logs`` and its window flush;
 * ``intake``: the local bucket watcher (folder buckets only), the periodic bucket reconcile and an outbox relay;
 * ``all`` (default): every role in one process, the embedded shape.
 
 Every role answers ``GET /healthz`` (200 while its threads run, 503 naming the ones that stopped) and
 ``GET /metrics`` (Prometheus text), so Kubernetes probes and Managed Prometheus work for each Deployment of
-``deploy/k8s/control-plane.yaml``.
+``deploy/k8s/control-plane.yaml``. ``all`` and ``api`` also serve the read API under ``/api/v1`` (with its
+event stream and OpenAPI document) and the dashboard under ``/ui/``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import structlog
 import uvicorn
@@ -30,8 +32,10 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
+from app.console import console_routes
 from app.management_api import management_routes
 from monitoring.monitor import MONITOR_SUBSCRIPTION, PROFILE_SUBSCRIPTION, DriftMonitor, subscriptions
 from release.adapters.local_bucket import LocalBucketWatcher, LocalFolderStore
@@ -72,7 +76,7 @@ class _Parts:
     """What the selected roles run: threads, HTTP routes, a router when one serves, and what to close."""
 
     threads: list[threading.Thread] = field(default_factory=list)
-    routes: list[Route] = field(default_factory=list)
+    routes: list[BaseRoute] = field(default_factory=list)
     router: Router | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
     relays: bool = False
@@ -105,7 +109,7 @@ def _monitor(app: App, stop: threading.Event, parts: _Parts, registry: Collector
     monitor = DriftMonitor(engine=app.engine, bus=app.bus, store=app.store,
                            cache_dir=app.settings.home.resolve() / "artifacts",
                            default_policy=default_policy(app.settings).drift, metrics=DriftMetrics(registry),
-                           webhook_prefixes=app.settings.webhook_prefixes)
+                           webhook_prefixes=app.settings.webhook_prefixes, console_url=app.settings.console_url)
     for spec in subscriptions(ack_deadline_s=app.settings.ack_deadline_s, max_attempts=app.settings.max_attempts):
         app.bus.ensure_subscription(spec)
     drift = Consumer(bus=app.bus, subscription=MONITOR_SUBSCRIPTION, handler=monitor.handle)
@@ -143,7 +147,7 @@ def _all(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegi
     _controller(app, stop, parts, on_alias_moved=table.invalidate)
     _monitor(app, stop, parts, registry)
     _intake(app, stop, parts)
-    parts.routes += management_routes(app)
+    parts.routes += [*management_routes(app), *console_routes(app)]
 
 
 def _assemble(app: App, role: str, stop: threading.Event, registry: CollectorRegistry) -> _Parts:
@@ -164,7 +168,7 @@ def _assemble(app: App, role: str, stop: threading.Event, registry: CollectorReg
     elif role == "router":
         _router(app, parts, registry)
     elif role == "api":
-        parts.routes += management_routes(app)
+        parts.routes += [*management_routes(app), *console_routes(app)]
     else:
         raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
     if not parts.relays:
@@ -188,8 +192,23 @@ def health_routes(role: str, threads: list[threading.Thread], registry: Collecto
     return [Route("/healthz", healthz, methods=["GET"]), Route("/metrics", metrics, methods=["GET"])]
 
 
-def run_stack(app: App, *, role: str = "all") -> int:
-    """Run ``role`` (see ``ROLES``) until interrupted (SIGINT or SIGTERM)."""
+@dataclass
+class Stack:
+    """A role assembled and its threads started: the ASGI app to serve, and how to stop everything."""
+
+    web: ASGIApp
+    stop: threading.Event
+    parts: _Parts
+
+    def close(self) -> None:
+        """Stop the threads and run the role's closers (the caller closes the ``App``)."""
+        self.stop.set()
+        for close in self.parts.closers:
+            close()
+
+
+def start_stack(app: App, *, role: str = "all") -> Stack:
+    """Assemble ``role``, start its threads and build its web app, without serving it (tests serve it too)."""
     stop = threading.Event()
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
@@ -197,11 +216,20 @@ def run_stack(app: App, *, role: str = "all") -> int:
     for thread in parts.threads:
         thread.start()
     health = health_routes(role, parts.threads, registry)
+    web: ASGIApp
     if parts.router is not None:
         # The router keeps its own /metrics (the same registry); /healthz is added beside it.
-        web = build_router_app(parts.router, extra_routes=[health[0], *parts.routes])
+        # Starlette takes any BaseRoute (the dashboard's static Mount among them); the helper is typed narrower.
+        web = build_router_app(parts.router, extra_routes=cast("list[Route]", [health[0], *parts.routes]))
     else:
         web = Starlette(routes=[*health, *parts.routes])
+    return Stack(web=web, stop=stop, parts=parts)
+
+
+def run_stack(app: App, *, role: str = "all") -> int:
+    """Run ``role`` (see ``ROLES``) until interrupted (SIGINT or SIGTERM)."""
+    stack = start_stack(app, role=role)
+    stop = stack.stop
     log.info("stack.up", role=role, port=app.settings.port, bucket=app.store.uri,
              home=str(Path(app.settings.home).resolve()))
     if threading.current_thread() is threading.main_thread():
@@ -211,10 +239,8 @@ def run_stack(app: App, *, role: str = "all") -> int:
         # clean exit 0.
         signal.signal(signal.SIGTERM, lambda _sig, _frame: stop.set())
     try:
-        uvicorn.run(web, host=app.settings.host, port=app.settings.port, log_level="warning")
+        uvicorn.run(stack.web, host=app.settings.host, port=app.settings.port, log_level="warning")
     finally:
-        stop.set()
-        for close in parts.closers:
-            close()
+        stack.close()
         app.close()
     return 0

@@ -46,7 +46,9 @@ def _window_features(profile: ReferenceProfile, window: WindowData) -> FloatArra
 
 
 def _feature_drift(profile: ReferenceProfile, x: FloatArray, correction: Correction) -> list[FeatureDrift]:
-    psi = detectors.psi(bin_proportions(x, profile.edges, profile.epsilon), profile.proportions)
+    live = bin_proportions(x, profile.edges, profile.epsilon)
+    psi = detectors.psi(live, profile.proportions)
+    widths = np.isfinite(profile.edges).sum(axis=1)  # padded bins are empty on both sides: left out
     raw_ks, wasserstein = detectors.ks_and_wasserstein(profile.sample, x)
     ks, pvalues = detectors.ks_pvalues(raw_ks, x.shape[0], profile.sample.shape[0])
     adjusted = detectors.adjust_pvalues(pvalues, correction)
@@ -54,7 +56,8 @@ def _feature_drift(profile: ReferenceProfile, x: FloatArray, correction: Correct
     return [
         FeatureDrift(name=name, psi=float(psi[j]), ks_statistic=float(ks[j]), ks_pvalue=float(pvalues[j]),
                      ks_pvalue_adjusted=float(adjusted[j]), wasserstein=float(wasserstein[j]),
-                     wasserstein_normalized=float(normalized[j]))
+                     wasserstein_normalized=float(normalized[j]),
+                     proportions=[round(float(p), 6) for p in live[j, : widths[j] + 1]])
         for j, name in enumerate(profile.feature_names)
     ]
 

@@ -40,6 +40,7 @@ from sqlalchemy import delete, func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from monitoring.alert_messages import webhook_payload
 from monitoring.alert_webhooks import WebhookQueue, WebhookSender, post_json
 from monitoring.alerts import AlertAction, AlertState, classify, step
 from monitoring.measure import measure
@@ -99,9 +100,10 @@ class DriftMonitor:
     def __init__(self, *, engine: Engine, bus: EventBus, store: ArtifactStore, cache_dir: Path,
                  default_policy: DriftPolicy | None = None, webhook: WebhookSender | None = None,
                  metrics: DriftMetrics | None = None, retention: timedelta = PREDICTION_RETENTION,
-                 webhook_prefixes: tuple[str, ...] = ()) -> None:
+                 webhook_prefixes: tuple[str, ...] = (), console_url: str = "") -> None:
         """``webhook_prefixes`` is the operator's allow-list (RELEASE_WEBHOOK_ALLOW): a policy's webhook outside it
-        is never called, even if it reached a stored policy some other way."""
+        is never called, even if it reached a stored policy some other way. ``console_url`` (the dashboard's
+        address, RELEASE_CONSOLE_URL) adds a link to webhook messages."""
         self._engine = engine
         self._bus = bus
         self._store = store
@@ -111,6 +113,7 @@ class DriftMonitor:
         self._retention = retention
         self._webhooks = WebhookQueue(webhook or post_json)
         self._webhook_prefixes = webhook_prefixes
+        self._console_url = console_url
         self._versions: dict[WindowKey, _VersionInfo] = {}
         self._windows: dict[WindowKey, WindowAccumulator] = {}
 
@@ -284,7 +287,8 @@ class DriftMonitor:
                             rollback_requested=data["rollback_requested"])
                 if outcome.webhook_url and policies.webhook_allowed(outcome.webhook_url,
                                                                     prefixes=self._webhook_prefixes):
-                    self._webhooks.submit(outcome.webhook_url, alert.model_dump(mode="json"))
+                    self._webhooks.submit(outcome.webhook_url, webhook_payload(alert.model_dump(mode="json"),
+                                                                               console_url=self._console_url))
                 elif outcome.webhook_url:
                     log.warning("drift.webhook_refused", url=outcome.webhook_url,
                                 hint="Add its prefix to RELEASE_WEBHOOK_ALLOW to let alerts reach it.")

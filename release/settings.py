@@ -30,6 +30,15 @@ class Settings(BaseSettings):
     id_token_audience: str = Field(
         default="", description="On Google Cloud: accept Google-signed ID tokens whose audience is this (the API's "
                                 "URL); the token's email is the audit actor.")
+    reads_need_token: bool = Field(
+        default=False, description="Require the write credentials for reads too (the read API, the event stream "
+                                   "and the dashboard); default: reads are open, as on loopback.")
+    console_url: str = Field(
+        default="", description="The dashboard's address as people reach it (e.g. https://release.example.com); "
+                                "drift alert messages link to it. Empty: no link.")
+    console_stream_max_s: float = Field(
+        default=300.0, description="How long one event-stream connection stays open before the server ends it; "
+                                   "browsers reconnect at once from the last event they saw.")
     bucket_policies: bool = Field(
         default=False, description="Single-team setups only: read policies/<name>.json from the uploads bucket "
                                    "when the registry has no operator policy for the model.")

@@ -102,6 +102,9 @@ class FeatureDrift(_Frozen):
     ks_pvalue_adjusted: float
     wasserstein: float
     wasserstein_normalized: float
+    #: The window's share of records in each of the reference profile's PSI bins (same bins, same floor), so a
+    #: reader can overlay live on reference without the records; absent in measurements made before it existed.
+    proportions: list[float] | None = None
 
 
 class ClassDrift(_Frozen):

@@ -5,7 +5,8 @@
 # the model bucket, Pub/Sub topics with dead-letter topics and subscriptions, Cloud SQL for PostgreSQL on a
 # private IP, secrets, the intake Cloud Function (gen2) with its Eventarc trigger on object-finalized events,
 # a GKE Autopilot cluster (GPUs on demand, Workload Identity, Managed Prometheus), IAM for every identity,
-# the control plane in the cluster and the dashboard. Running it again converges instead of failing.
+# the control plane in the cluster, the dashboard and the drift alert policy. Running it again converges instead
+# of failing.
 #
 # Usage: PROJECT_ID=my-project deploy/gcp/setup.sh                 (from the repository root, gcloud logged in)
 #        PROJECT_ID=my-project deploy/gcp/setup.sh grant-model NAME (onboard a model: its pods' identity)
@@ -334,6 +335,23 @@ create_dashboard() {
   fi
 }
 
+create_alert_policy() {
+  log "Cloud Monitoring alert policy on drift"
+  local existing channels=()
+  existing="$(gcloud alpha monitoring policies list --project "$PROJECT_ID" \
+    --filter "displayName='Model release: drift'" --format 'value(name)')"
+  # ALERT_CHANNELS: comma-separated notification channel ids (Slack, email, PagerDuty) to page; none by default.
+  if [[ -n "${ALERT_CHANNELS:-}" ]]; then
+    channels=(--notification-channels "$ALERT_CHANNELS")
+  fi
+  if [[ -z "$existing" ]]; then
+    gcloud alpha monitoring policies create --project "$PROJECT_ID" \
+      --policy-from-file "$REPO_ROOT/deploy/alerting/drift-alert-policy.json" "${channels[@]}"
+  else
+    echo "    (kept: ${existing})"
+  fi
+}
+
 main() {
   gcloud config set project "$PROJECT_ID" >/dev/null
   if [[ "${1:-}" == "grant-model" ]]; then
@@ -352,6 +370,7 @@ main() {
   grant_workloads
   deploy_control_plane
   create_dashboard
+  create_alert_policy
   log "Done. Onboard a model with: deploy/gcp/setup.sh grant-model NAME"
   log "then upload it: gcloud storage cp -r MODEL_DIR gs://${BUCKET}/models/NAME/VERSION/"
 }
