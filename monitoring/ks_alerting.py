@@ -11,7 +11,7 @@ and every lattice statistic from p near 1 to p below 1e-15): for ``min(n1, n2) >
 
     exact <= RATIO_HI * max(q, P_FLOOR)    and, where q >= P_FLOOR,    exact >= RATIO_LO * q.
 
-Measured worst cases on that grid are 0.89-1.08, so the constants leave about a factor of two of margin.
+Measured worst cases on that grid are 0.89 and 1.10, so the constants leave about a factor of two of margin.
 Every feature's true p-value lies in that envelope, adjusted p-values (Bonferroni and Benjamini-Hochberg) only
 grow when any raw p-value grows, so a feature whose adjusted upper bound is below a threshold, or whose adjusted
 lower bound is at or above it, has the same decision as with exact p-values. The remaining features get exact

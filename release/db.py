@@ -29,10 +29,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # synchronous=NORMAL in WAL mode: a commit appends to the WAL without fsync; the WAL is synced at checkpoints.
     # The trade-off we accept: a commit survives the process crashing (the WAL is in the OS page cache), but an OS
     # crash or power loss can roll back the last transactions since the last checkpoint; the file stays consistent
-    # either way. SQLite serves the single-writer local/dev control plane, where every lost write is re-derivable
-    # (intake re-registers from the bucket, the controller re-reads state and re-applies its plan), and this
-    # takes the fsync (milliseconds) out of every registration and alias move. Production-durable deployments
-    # use PostgreSQL.
+    # either way. SQLite serves the single-writer local control plane, where lost writes are re-derived (intake
+    # re-registers from the bucket, the level-triggered controller re-takes its step; a person's promote or
+    # rollback may need repeating), and this takes the fsync (milliseconds) out of every registration and alias
+    # move. Deployments that need every commit durable use PostgreSQL.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")

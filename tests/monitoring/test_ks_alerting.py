@@ -108,3 +108,14 @@ def test_measure_with_alpha_classifies_as_exact():
         for f, e in zip(fast.features, exact.features, strict=True):
             assert ks_alerting.RATIO_LO * f.ks_pvalue <= e.ks_pvalue + 1e-300
             assert e.ks_pvalue <= ks_alerting.RATIO_HI * max(f.ks_pvalue, ks_alerting.P_FLOOR)
+
+
+def test_far_from_alpha_no_exact_recursion_runs():
+    """Statistics whose p-values are far from every cut-off are answered without SciPy's exact recursion."""
+    n1, n2 = 1000, 5000
+    d = np.array([0.01, 0.02, 0.03, 0.2, 0.25])  # p from near 1 down to far below 1e-12
+    detectors._exact_two_sided.cache_clear()
+    _, p = ks_alerting.ks_pvalues_for_alerting(d, n1, n2, correction=Correction.BENJAMINI_HOCHBERG,
+                                               thresholds=(0.01, 0.005))
+    assert detectors._exact_two_sided.cache_info().misses == 0
+    assert p[0] > 0.5 and p[-1] < 1e-12
