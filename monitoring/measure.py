@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from monitoring import detectors
+from monitoring import detectors, ks_alerting
 from monitoring.features import FloatArray, IntArray
 from monitoring.profile import ReferenceProfile, bin_proportions
 from monitoring.windows import WindowData
@@ -22,14 +22,18 @@ MIN_NORMALIZING_STD = 1e-3
 
 
 def measure(profile: ReferenceProfile, window: WindowData, *,
-            correction: Correction = Correction.BENJAMINI_HOCHBERG) -> DriftMeasurement:
+            correction: Correction = Correction.BENJAMINI_HOCHBERG, alpha: float | None = None) -> DriftMeasurement:
     """All drift statistics of ``window``; features and classes are each skipped when the window has none.
 
-    Predicted classes outside the profile's classes are ignored: the reference says nothing about them.
+    Predicted classes outside the profile's classes are ignored: the reference says nothing about them. With
+    the policy's ``alpha``, KS p-values are exact only where they could change a decision at ``alpha`` or
+    ``alpha / 2`` (the two levels ``monitoring.alerts`` tests at) and asymptotic elsewhere, within the bound
+    stated in ``monitoring.ks_alerting``; without it every KS p-value is exact.
     """
     x = _window_features(profile, window)
+    thresholds = () if alpha is None else (alpha, alpha / 2)
     return DriftMeasurement(window=window.meta, samples=x.shape[0], correction=correction,
-                            features=_feature_drift(profile, x, correction) if x.shape[0] else [],
+                            features=_feature_drift(profile, x, correction, thresholds) if x.shape[0] else [],
                             classes=_class_drift(profile, window.predicted))
 
 
@@ -45,12 +49,14 @@ def _window_features(profile: ReferenceProfile, window: WindowData) -> FloatArra
     return x
 
 
-def _feature_drift(profile: ReferenceProfile, x: FloatArray, correction: Correction) -> list[FeatureDrift]:
+def _feature_drift(profile: ReferenceProfile, x: FloatArray, correction: Correction,
+                   thresholds: tuple[float, ...]) -> list[FeatureDrift]:
     live = bin_proportions(x, profile.edges, profile.epsilon)
     psi = detectors.psi(live, profile.proportions)
     widths = np.isfinite(profile.edges).sum(axis=1)  # padded bins are empty on both sides: left out
     raw_ks, wasserstein = detectors.ks_and_wasserstein(profile.sample, x)
-    ks, pvalues = detectors.ks_pvalues(raw_ks, x.shape[0], profile.sample.shape[0])
+    ks, pvalues = ks_alerting.ks_pvalues_for_alerting(raw_ks, x.shape[0], profile.sample.shape[0],
+                                                      correction=correction, thresholds=thresholds)
     adjusted = detectors.adjust_pvalues(pvalues, correction)
     normalized = wasserstein / np.maximum(profile.std, MIN_NORMALIZING_STD)
     return [

@@ -249,7 +249,7 @@ class DriftMonitor:
         assert info.profile is not None
         meta = window.meta
         try:
-            measurement = measure(info.profile, window)
+            measurement = measure(info.profile, window, alpha=info.policy.alpha)
         except PermanentError as error:
             # Inputs that do not fit the profile poison one window, not the stream: skip it, keep going.
             log.warning("drift.window_unmeasurable", model=meta.model, version=meta.version,

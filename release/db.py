@@ -26,6 +26,13 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets readers run beside the one writer; busy_timeout makes writers queue instead of failing;
     # foreign keys are off by default in SQLite.
+    # synchronous=NORMAL in WAL mode: a commit appends to the WAL without fsync; the WAL is synced at checkpoints.
+    # The trade-off we accept: a commit survives the process crashing (the WAL is in the OS page cache), but an OS
+    # crash or power loss can roll back the last transactions since the last checkpoint; the file stays consistent
+    # either way. SQLite serves the single-writer local control plane, where lost writes are re-derived (intake
+    # re-registers from the bucket, the level-triggered controller re-takes its step; a person's promote or
+    # rollback may need repeating), and this takes the fsync (milliseconds) out of every registration and alias
+    # move. Deployments that need every commit durable use PostgreSQL.
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
@@ -49,7 +56,11 @@ def normalise_url(url: str) -> str:
 
 _ENGINE_OPTIONS: dict[str, dict[str, Any]] = {
     "sqlite": {"connect_args": {"check_same_thread": False, "timeout": 30, "isolation_level": None}},
-    "postgresql": {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10},
+    # No pool_pre_ping: it costs a round trip per transaction. A connection the server dropped fails its first
+    # statement instead; SQLAlchemy then invalidates the whole pool and session_scope turns the error into a
+    # TemporaryError, so that one call is redelivered and later ones get fresh connections. Recycling bounds how
+    # long an idle pooled connection can sit behind a server or proxy timeout.
+    "postgresql": {"pool_size": 5, "max_overflow": 10, "pool_recycle": 1800},
 }
 
 

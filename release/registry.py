@@ -13,9 +13,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, update
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from release import registry_sql
+from release.audit import audit as audit
+from release.audit import audit_log as audit_log
 from release.rollout_records import add_gate_report as add_gate_report
 from release.rollout_records import clear_routes as clear_routes
 from release.rollout_records import get_deployment as get_deployment
@@ -26,7 +30,7 @@ from release.rollout_records import route_weights as route_weights
 from release.rollout_records import set_route_weight as set_route_weight
 from schemas.errors import AliasConflict, InvalidTransition, NotFound, Reason
 from schemas.states import VersionState, can_move
-from schemas.tables import Alias, AuditEntry, Model, ModelVersion, utcnow
+from schemas.tables import Alias, Model, ModelVersion, utcnow
 
 PROD = "PROD"
 STG = "STG"
@@ -86,6 +90,24 @@ def _view(row: ModelVersion, model: str) -> VersionView:
                        format=row.format, manifest=dict(row.manifest), metrics=dict(row.metrics),
                        policy=dict(row.policy), revision=row.revision, created_at=row.created_at,
                        updated_at=row.updated_at, generations={k: int(v) for k, v in (row.generations or {}).items()})
+
+
+def _row_view(row: Row[Any], model: str) -> VersionView:
+    """A view from a ``registry_sql`` row of ``VERSION_COLUMNS``."""
+    m = row._mapping
+    return VersionView(id=m["id"], model=model, version=m["version"], seq=m["seq"], state=VersionState(m["state"]),
+                       state_reason=m["state_reason"], intent=m["intent"], digest=m["digest"],
+                       artifact_uri=m["artifact_uri"], format=m["format"], manifest=dict(m["manifest"]),
+                       metrics=dict(m["metrics"]), policy=dict(m["policy"]), revision=m["revision"],
+                       created_at=m["created_at"], updated_at=m["updated_at"],
+                       generations={k: int(v) for k, v in (m["generations"] or {}).items()})
+
+
+def _missing(session: Session, model: str, error: NotFound) -> NotFound:
+    """``error``, unless the model itself is unknown (then MODEL_NOT_FOUND): asked only after a lookup missed."""
+    if registry_sql.model_id(session, model) is None:
+        return NotFound(f"model {model!r} is not registered", reason=Reason.MODEL_NOT_FOUND)
+    return error
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -163,35 +185,35 @@ def register_version(session: Session, *, model: str, version: str, digest: str,
     """
     from schemas.errors import PermanentError
 
-    model_row = ensure_model(session, model)
-    assert model_row.id is not None
-    existing = session.exec(select(ModelVersion).where(ModelVersion.model_id == model_row.id)
-                            .where(ModelVersion.version == version)).first()
-    if existing is not None:
+    model_id = registry_sql.model_id(session, model)
+    if model_id is None:
+        model_id = ensure_model(session, model).id
+        assert model_id is not None
+    now, manifest, metrics, policy = utcnow(), dict(manifest), dict(metrics or {}), dict(policy or {})
+    values = {"model_id": model_id, "version": version, "digest": digest, "artifact_uri": artifact_uri,
+              "format": format, "manifest": manifest, "metrics": metrics, "policy": policy,
+              "generations": dict(generations or {}), "created_at": now, "updated_at": now}
+    # Insert first: a duplicate (a redelivered event, or a concurrent intake) comes back as no row, not an error.
+    inserted = registry_sql.insert_version(session, values)
+    if inserted is None:
+        existing = registry_sql.version(session, model_id, version)
+        assert existing is not None  # versions are never deleted
         if existing.digest == digest:
-            return Registration(_view(existing, model), created=False)
+            return Registration(_row_view(existing, model), created=False)
         raise PermanentError(
             f"{model} version {version} is already registered with digest {existing.digest[:19]}…; "
             f"the upload has digest {digest[:19]}…",
             reason=Reason.VERSION_CONFLICT,
             hint="Versions are immutable: upload the changed model under a new version.",
             details={"registered_digest": existing.digest, "uploaded_digest": digest})
-    seq = (session.exec(select(func.max(ModelVersion.seq)).where(ModelVersion.model_id == model_row.id)).one()
-           or 0) + 1
-    row = ModelVersion(model_id=model_row.id, version=version, seq=seq, digest=digest, artifact_uri=artifact_uri,
-                       format=format, manifest=manifest, metrics=dict(metrics or {}), policy=dict(policy or {}),
-                       generations=dict(generations or {}))
-    try:
-        with session.begin_nested():
-            session.add(row)
-    except IntegrityError:
-        # A concurrent intake registered it between our read and insert: decide again on what is there now.
-        return register_version(session, model=model, version=version, digest=digest, artifact_uri=artifact_uri,
-                                format=format, manifest=manifest, metrics=metrics, policy=policy, actor=actor,
-                                generations=generations)
     audit(session, actor=actor, action="version.registered", model=model, version=version,
           details={"digest": digest, "artifact_uri": artifact_uri})
-    return Registration(_view(row, model), created=True)
+    version_id, seq = inserted
+    return Registration(VersionView(id=version_id, model=model, version=version, seq=seq,
+                                    state=VersionState.REGISTERED, state_reason="", intent="", digest=digest,
+                                    artifact_uri=artifact_uri, format=format, manifest=manifest, metrics=metrics,
+                                    policy=policy, revision=0, created_at=now, updated_at=now,
+                                    generations=dict(generations or {})), created=True)
 
 
 def _version_row(session: Session, model: str, version: str) -> ModelVersion:
@@ -292,12 +314,11 @@ def _alias_view(row: Alias, model: str, version: str | None) -> AliasView:
 
 def get_alias(session: Session, model: str, alias: str) -> AliasView:
     """Where ``alias`` points; ``NotFound(ALIAS_NOT_FOUND)`` when it was never set."""
-    model_row = _model_row(session, model)
-    row = session.exec(select(Alias).where(Alias.model_id == model_row.id).where(Alias.name == alias)).first()
+    row = registry_sql.alias(session, model, alias)
     if row is None:
-        raise NotFound(f"{model} has no alias {alias!r}", reason=Reason.ALIAS_NOT_FOUND)
-    version = get_version_by_id(session, row.version_id).version if row.version_id is not None else None
-    return _alias_view(row, model, version)
+        raise _missing(session, model, NotFound(f"{model} has no alias {alias!r}", reason=Reason.ALIAS_NOT_FOUND))
+    return AliasView(model=model, name=alias, version=row.version, version_id=row.version_id, revision=row.revision,
+                     updated_at=row.updated_at)
 
 
 def find_alias(session: Session, model: str, alias: str) -> AliasView | None:
@@ -319,14 +340,11 @@ def list_aliases(session: Session, model: str) -> list[AliasView]:
 
 def resolve(session: Session, model: str, ref: str) -> VersionView:
     """A version by version string or by alias name (an alias wins only when no version has that name)."""
-    get_model(session, model)  # an unknown model is MODEL_NOT_FOUND, not a missing version
-    try:
-        return get_version(session, model, ref)
-    except NotFound:
-        alias = find_alias(session, model, ref)
-        if alias is None or alias.version_id is None:
-            raise NotFound(f"{model} has no version or alias {ref!r}", reason=Reason.VERSION_NOT_FOUND) from None
-        return get_version_by_id(session, alias.version_id)
+    row = registry_sql.resolve(session, model, ref)
+    if row is None:  # an unknown model is MODEL_NOT_FOUND, not a missing version
+        raise _missing(session, model, NotFound(f"{model} has no version or alias {ref!r}",
+                                                reason=Reason.VERSION_NOT_FOUND))
+    return _row_view(row, model)
 
 
 def move_alias(session: Session, *, model: str, alias: str, version: str | None, expected_revision: int | None,
@@ -337,59 +355,34 @@ def move_alias(session: Session, *, model: str, alias: str, version: str | None,
     state lock). Exactly one of two movers with the same expected revision wins; the other gets
     ``AliasConflict``. Returns the new alias and the version it pointed at before. Audited.
     """
-    model_row = _model_row(session, model)
-    assert model_row.id is not None
-    target_id = _version_row(session, model, version).id if version is not None else None
-    row = session.exec(select(Alias).where(Alias.model_id == model_row.id).where(Alias.name == alias)).first()
-    if row is None:
+    found = registry_sql.move_lookup(session, model=model, alias=alias, version=version)
+    if found is None:
+        raise NotFound(f"model {model!r} is not registered", reason=Reason.MODEL_NOT_FOUND)
+    if version is not None and found.target_id is None:
+        raise NotFound(f"{model} has no version {version!r}", reason=Reason.VERSION_NOT_FOUND)
+    now = utcnow()
+    if found.alias_id is None:
         if expected_revision not in (None, 0):
             raise AliasConflict(f"{model} alias {alias} does not exist (expected revision {expected_revision})",
                                 details={"expected_revision": expected_revision, "revision": 0})
-        try:
-            with session.begin_nested():
-                row = Alias(model_id=model_row.id, name=alias, version_id=target_id, revision=1)
-                session.add(row)
-        except IntegrityError:
+        if not registry_sql.create_alias(session, model_id=found.model_id, alias=alias, target_id=found.target_id,
+                                         now=now):
             raise AliasConflict(f"{model} alias {alias} was created concurrently",
-                                details={"expected_revision": expected_revision}) from None
-        previous = None
+                                details={"expected_revision": expected_revision})
+        previous, revision = None, 1
     else:
-        if expected_revision is not None and row.revision != expected_revision:
-            raise AliasConflict(f"{model} alias {alias} is at revision {row.revision}, not {expected_revision}",
-                                details={"expected_revision": expected_revision, "revision": row.revision})
-        previous = get_version_by_id(session, row.version_id).version if row.version_id is not None else None
-        seen = row.revision
-        result = session.execute(
-            update(Alias).where(col(Alias.id) == row.id, col(Alias.revision) == seen)
-            .values(version_id=target_id, revision=seen + 1, updated_at=utcnow())
-            .execution_options(synchronize_session=False))
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        seen = found.revision
+        if expected_revision is not None and seen != expected_revision:
+            raise AliasConflict(f"{model} alias {alias} is at revision {seen}, not {expected_revision}",
+                                details={"expected_revision": expected_revision, "revision": seen})
+        if not registry_sql.swap_alias(session, alias_id=found.alias_id, seen=seen, target_id=found.target_id,
+                                       now=now):
             # Lost the race after our read: report the revision the winner left.
-            session.expire(row)
-            now_at = session.exec(select(Alias.revision).where(Alias.id == row.id)).one()
+            now_at = registry_sql.alias_revision(session, found.alias_id)
             raise AliasConflict(f"{model} alias {alias} is at revision {now_at}, not {seen}",
                                 details={"expected_revision": seen, "revision": now_at})
-        session.expire(row)
+        previous, revision = found.previous, seen + 1
     audit(session, actor=actor, action="alias.moved", model=model, alias=alias, from_version=previous,
           to_version=version, reason=reason)
-    return get_alias(session, model, alias), previous
-
-
-# ----------------------------------------------------------------------------------------------- audit
-def audit(session: Session, *, actor: str, action: str, model: str, version: str | None = None,
-          alias: str | None = None, from_version: str | None = None, to_version: str | None = None,
-          reason: str = "", details: dict[str, Any] | None = None) -> None:
-    """Append to the audit log (there is no update or delete of audit rows anywhere)."""
-    session.add(AuditEntry(actor=actor, action=action, model=model, version=version, alias=alias,
-                           from_version=from_version, to_version=to_version, reason=reason,
-                           details=dict(details or {})))
-
-
-def audit_log(session: Session, *, model: str | None = None, limit: int = 100) -> list[AuditEntry]:
-    """The newest audit entries, newest last."""
-    query = select(AuditEntry)
-    if model is not None:
-        query = query.where(AuditEntry.model == model)
-    rows = session.exec(query.order_by(col(AuditEntry.id).desc()).limit(limit)).all()
-    return list(reversed(rows))
-
+    return AliasView(model=model, name=alias, version=version, version_id=found.target_id, revision=revision,
+                     updated_at=now), previous
