@@ -13,11 +13,14 @@ database escapes, as ``TemporaryError``, to be retried).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Callable
-from typing import Any
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 import structlog
 from pydantic import ValidationError
@@ -57,6 +60,7 @@ from schemas.tables import ArtifactRecord, utcnow
 log = structlog.get_logger(__name__)
 
 _CHUNK = 1 << 20
+_SPOOL_IN_MEMORY = 8 << 20
 
 
 class Intake:
@@ -215,7 +219,7 @@ class Intake:
         samples = {manifest.eval: True, manifest.reference: False}
         for path in manifest.files:
             info = objects[ref.prefix + path]
-            with self._store.open(ref.prefix + path, generation=info.generation) as handle:
+            with self._open_seekable(ref.prefix + path, info) as handle:
                 if path in samples:
                     check_sample_file(handle, label=path, size=info.size, eval_set=samples[path])
                 else:
@@ -251,6 +255,19 @@ class Intake:
                 reason=Reason.MANIFEST_PATH_MISMATCH, file=MANIFEST_FILENAME)
         return manifest
 
+    @contextlib.contextmanager
+    def _open_seekable(self, name: str, info: ObjectInfo) -> Iterator[IO[bytes]]:
+        """The object as a seekable file: zips are read from their end. A bucket's stream (Cloud Storage) that
+        cannot seek is spooled to a temporary file first (in memory up to a few MiB, on disk past that)."""
+        with self._store.open(name, generation=info.generation) as handle:
+            if handle.seekable():
+                yield handle
+                return
+            with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spooled:
+                shutil.copyfileobj(handle, spooled, _CHUNK)
+                spooled.seek(0)
+                yield spooled
+
     def _sha256(self, name: str, info: ObjectInfo) -> str:
         digest = hashlib.sha256()
         with self._store.open(name, generation=info.generation) as handle:
@@ -263,7 +280,7 @@ class Intake:
         if info is None:
             raise NotFound(f"{ref.prefix} vanished before intake read it", reason=Reason.FILE_MISSING)
         sha = self._sha256(ref.prefix, info)
-        with self._store.open(ref.prefix, generation=info.generation) as handle:
+        with self._open_seekable(ref.prefix, info) as handle:
             contents = inspect_mar(handle, label=ref.prefix.rsplit("/", 1)[-1], size=info.size)
         manifest = mar_manifest(model=ref.model, version=ref.version, contents=contents, sha256=sha, size=info.size)
         return manifest, "sha256:" + sha

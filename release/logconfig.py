@@ -52,7 +52,10 @@ def configure_logging(*, fmt: str = "auto", level: str = "INFO") -> None:
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=_current_stderr_logger,
-        cache_logger_on_first_use=True,
+        # Not cached: a module-level logger then follows a later configure (a test's capture_logs, a role that
+        # reconfigures), at the cost of building the bound logger per call; the control plane logs per event,
+        # not per request.
+        cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
     for noisy in ("uvicorn.access", "httpx", "alembic.runtime.migration", "kubernetes", "urllib3"):

@@ -91,10 +91,15 @@ class Kubelet:
                     return here + value[len(pod_path):]
             return value
 
-        # The init container: `gcloud storage rsync SOURCE DEST` of the artifact's prefix.
-        source, dest = pod["initContainers"][0]["command"][-2:]
+        # The init container: its script's positional parameters are SOURCE DEST, then (file, generation) pairs
+        # when registration recorded generations: each object is copied at that generation, as `gs://...#GEN`.
+        command = pod["initContainers"][0]["command"]
+        source, dest, *pinned = command[command.index("fetch-model") + 1:]
         prefix = source.removeprefix(f"gs://{self._bucket.name}/").rstrip("/") + "/"
-        for blob in self._bucket.list_blobs(prefix=prefix):
+        generations = dict(zip(pinned[::2], (int(g) for g in pinned[1::2]), strict=True))
+        blobs = ([self._bucket.blob(prefix + path, generation=gen) for path, gen in generations.items()]
+                 if generations else list(self._bucket.list_blobs(prefix=prefix)))
+        for blob in blobs:
             target = Path(local(dest)) / blob.name[len(prefix):]
             target.parent.mkdir(parents=True, exist_ok=True)
             blob.download_to_filename(str(target))

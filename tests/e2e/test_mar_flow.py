@@ -48,7 +48,7 @@ def test_a_torch_model_archiver_mar_goes_live_beside_folder_models(app: App, tmp
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """Folder v1, hostile v0 and a real .mar v2 in one bucket: exit 0, v0 rejected, v1 gated, v2 LIVE as PROD."""
     bucket = bucket_of(app)
-    put_policy(bucket, FAST)
+    put_policy(app, FAST)
     drop(bucket, "v1", trained("baseline"))
     hostile = {"weights.pt": torch_zip({"data.pkl": decoy_pickle(f"touch {tmp_path / 'pwned'}")})}
     write_artifact(bucket, MODEL, "v0", hostile,

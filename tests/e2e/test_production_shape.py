@@ -188,7 +188,7 @@ def _await_prod(subscriber: pubsub_v1.SubscriberClient, subscription: str, kubel
             seen.append(event["type"].removeprefix("dev.modelrelease.").removesuffix(".v1"))
             if seen[-1] == "alias.moved" and event["data"]["alias"] == "PROD":
                 return seen
-            if seen[-1] in ("rollout.failed", "release.rolled_back"):
+            if seen[-1] in ("rollout.failed", "release.rolled_back", "artifact.rejected"):
                 raise AssertionError(f"the release failed: {event['data']}")
             if seen[-1] == "gates.evaluated" and not event["data"]["passed"]:
                 raise AssertionError(f"gates failed: {json.dumps(event['data']['report'])[:2000]}")
