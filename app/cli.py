@@ -20,7 +20,7 @@ from app.cli_policy import register as register_policy
 from app.operator import whoami
 from app.output import cell, emit, plain, table
 from release import journal, registry
-from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
+from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap, wants_gpu
 from release.controller import Step
 from release.db import session_scope
 from release.identity import new_token
@@ -218,8 +218,8 @@ def cmd_deploy_render(app: App, args: argparse.Namespace) -> int:
 
     with session_scope(app.engine) as s:
         view = registry.resolve(s, args.name, args.version)
-    gpu = args.gpu if args.gpu is not None else app.settings.gpu == "on"
-    spec = deployment_spec(view, gpu=gpu)
+    # The model's policy decides (one nvidia-l4 GPU by default) unless --gpu/--no-gpu or RELEASE_GPU=off says.
+    spec = deployment_spec(view, gpu=args.gpu if args.gpu is not None else wants_gpu(app.settings))
     options = ServingOptions(image=args.image or app.settings.k8s_image,
                              **({"accelerator": args.accelerator} if args.accelerator else {}))
     manifests = render_version(spec, namespace=args.namespace or app.settings.k8s_namespace, options=options)
@@ -272,7 +272,7 @@ def _add_deploy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--image", help="serving pod image; default: RELEASE_K8S_IMAGE")
     p.add_argument("--accelerator", help="GKE accelerator label value, e.g. nvidia-l4")
     p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
-                   help="request GPUs (default: RELEASE_GPU=on)")
+                   help="request GPUs (default: the model's serving policy; none under RELEASE_GPU=off)")
 
 
 def build_parser() -> argparse.ArgumentParser:

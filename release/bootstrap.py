@@ -140,12 +140,13 @@ class App:
         self.engine.dispose()
 
 
-def wants_gpu(settings: Settings) -> bool:
-    """Whether versions ask for a GPU: ``on`` always; ``auto`` for local pods, which then use one if present.
+def wants_gpu(settings: Settings) -> bool | None:
+    """What versions ask for: ``off`` serves every version on CPU; ``on`` and ``auto`` follow each model's policy
+    (``serving.accelerator``, one ``nvidia-l4`` GPU by default; ``none`` is CPU).
 
-    A cluster cannot be asked "a GPU if there is one", so on Kubernetes only ``on`` requests ``nvidia.com/gpu``.
+    On local pods ``auto`` then means CUDA when present and ``on`` requires it (``LocalServingBackend.gpu``).
     """
-    return settings.gpu == "on" or (settings.gpu == "auto" and settings.serving == "local")
+    return False if settings.gpu == "off" else None
 
 
 def default_policy(settings: Settings) -> ReleasePolicy:

@@ -62,7 +62,7 @@ class Controller:
 
     def __init__(self, *, engine: Engine, bus: EventBus, serving: ServingBackend, gates: GateRunner,
                  promoter: Promoter, materialize: Callable[[VersionView], Path | None],
-                 crash_at: str = "", gpu: bool = False, clock: Callable[[], Any] = utcnow) -> None:
+                 crash_at: str = "", gpu: bool | None = None, clock: Callable[[], Any] = utcnow) -> None:
         self._engine = engine
         self._bus = bus
         self._serving = serving

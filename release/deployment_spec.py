@@ -14,10 +14,20 @@ from release.registry import VersionView
 from schemas.policy import ReleasePolicy
 
 
-def deployment_spec(view: VersionView, *, local_path: Path | None = None, gpu: bool = False) -> DeploymentSpec:
-    """The spec that serves ``view`` as it was registered and as its policy says."""
-    rollout = ReleasePolicy.model_validate(view.policy or {}).rollout
+def deployment_spec(view: VersionView, *, local_path: Path | None = None, gpu: bool | None = None) -> DeploymentSpec:
+    """The spec that serves ``view`` as it was registered and as its policy says.
+
+    ``gpu`` None follows the policy's ``serving`` section (an accelerator unless it says ``none`` or 0 GPUs);
+    False serves on CPU whatever the policy says (``RELEASE_GPU=off``); True asks for a GPU even then.
+    """
+    policy = ReleasePolicy.model_validate(view.policy or {})
+    serving = policy.serving
     return DeploymentSpec(model=view.model, version=view.version, artifact_uri=view.artifact_uri,
-                          local_path=local_path, replicas=rollout.replicas, gpu=gpu,
-                          allow_model_code=rollout.allow_model_code, digest=view.digest,
-                          generations=dict(view.generations))
+                          local_path=local_path, replicas=policy.min_replicas(),
+                          gpu=serving.wants_gpu if gpu is None else gpu,
+                          allow_model_code=policy.rollout.allow_model_code, digest=view.digest,
+                          generations=dict(view.generations), max_batch_size=serving.max_batch_size,
+                          max_batch_delay_ms=serving.max_batch_delay_ms, http_workers=serving.http_workers,
+                          accelerator=serving.accelerator, gpus=serving.gpus, cpu=serving.cpu,
+                          memory=serving.memory, max_replicas=serving.max_replicas,
+                          target_queue_ms=serving.target_queue_ms)

@@ -156,6 +156,7 @@ class DeploymentSpec:
     ``digest`` is the one recorded at registration: pods refuse any other bytes (``checksum_mismatch``).
     ``generations`` maps each file of the artifact to the object generation registered, where the bucket has
     generations (Cloud Storage), so pods copy those objects and never what replaced them.
+    The shape of the pods (hardware, replicas, batching) comes from the policy's ``serving`` section.
     """
 
     model: str
@@ -163,12 +164,21 @@ class DeploymentSpec:
     artifact_uri: str
     local_path: Path | None = None
     replicas: int = 1
+    """The replicas the version always runs (the HPA's minimum on Kubernetes)."""
     gpu: bool = False
+    """Whether pods ask for an accelerator: ``gpus`` of ``accelerator`` on Kubernetes, CUDA when present locally."""
     allow_model_code: bool = True
     digest: str = ""
     generations: dict[str, int] = field(default_factory=dict)
     max_batch_size: int = 32
     max_batch_delay_ms: float = 2.0
+    http_workers: int = 1
+    accelerator: str = "nvidia-l4"
+    gpus: int = 1
+    cpu: str = "2"
+    memory: str = "8Gi"
+    max_replicas: int = 4
+    target_queue_ms: float = 50.0
     env: dict[str, str] = field(default_factory=dict)
 
 

@@ -1,4 +1,4 @@
-"""Release policy: which gates a version must pass, how it is rolled out, how drift is judged.
+"""Release policy: which gates a version must pass, how it is rolled out and served, how drift is judged.
 
 A policy lives in the bucket at ``policies/<name>.json`` or comes from the settings; every field has a default
 so that an empty policy ``{}`` is a sensible one.
@@ -123,9 +123,50 @@ class DriftPolicy(_Frozen):
     webhook_url: str | None = None
 
 
+#: Kubernetes resource quantities, e.g. ``500m`` or ``2`` CPUs, ``8Gi`` of memory.
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+
+
+class ServingPolicy(_Frozen):
+    """How a version's pods are shaped, on Kubernetes and locally: hardware, replicas, batching.
+
+    ``accelerator`` is a GKE accelerator label value (``nvidia-l4``, ``nvidia-tesla-t4``...) or ``none`` to serve
+    on CPU; local pods use a GPU when one is present unless it is ``none`` or ``gpus`` is 0.
+    ``min_replicas`` unset means ``rollout.replicas`` (the older field); set, it wins over it.
+    """
+
+    accelerator: Annotated[str, Field(pattern=r"^(none|[a-z0-9][-a-z0-9]{0,62})$")] = "nvidia-l4"
+    gpus: Annotated[int, Field(ge=0, le=16)] = 1
+    cpu: Annotated[str, Field(pattern=_QUANTITY)] = "2"
+    memory: Annotated[str, Field(pattern=_QUANTITY)] = "8Gi"
+    min_replicas: Annotated[int, Field(ge=1, le=64)] | None = None
+    max_replicas: Annotated[int, Field(ge=1, le=256)] = 4
+    target_queue_ms: Annotated[float, Field(gt=0, le=60_000)] = 50.0
+    """The queue time per pod the autoscaler keeps near (``pod_queue_time_seconds``)."""
+    http_workers: Annotated[int, Field(ge=1, le=64)] = 1
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    max_batch_delay_ms: Annotated[float, Field(ge=0, le=10_000)] = 2.0
+
+    @property
+    def wants_gpu(self) -> bool:
+        """True when the pods should run on an accelerator."""
+        return self.accelerator != "none" and self.gpus > 0
+
+    @model_validator(mode="after")
+    def _replica_range(self) -> ServingPolicy:
+        if self.min_replicas is not None and self.min_replicas > self.max_replicas:
+            raise ValueError("serving.min_replicas must not exceed serving.max_replicas")
+        return self
+
+
 class ReleasePolicy(_Frozen):
     """The whole policy of one model."""
 
     gates: GatePolicy = Field(default_factory=GatePolicy)
     rollout: RolloutPolicy = Field(default_factory=RolloutPolicy)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
+    serving: ServingPolicy = Field(default_factory=ServingPolicy)
+
+    def min_replicas(self) -> int:
+        """The replicas a version always runs: ``serving.min_replicas`` when set, else ``rollout.replicas``."""
+        return self.serving.min_replicas or self.rollout.replicas

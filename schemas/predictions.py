@@ -26,7 +26,8 @@ class PredictionRecord(_Frozen):
     ``inputs`` is the instance flattened to numbers; for large inputs (images) the sender may send
     ``input_features`` instead: the same summary features the reference profile was built from, in the
     profile's feature order. At most one of the two is set; a record with neither only counts towards the
-    class distribution.
+    class distribution. A request the router cannot read as numbers (an image, text sent to ``/predictions``)
+    is recorded by ``input_size`` and ``input_sha256`` only, never its content.
     """
 
     schema_version: Literal[1] = PREDICTION_SCHEMA_VERSION
@@ -39,6 +40,8 @@ class PredictionRecord(_Frozen):
     latency_ms: Annotated[float, Field(ge=0)]
     inputs: list[float] | None = None
     input_features: list[float] | None = None
+    input_size: Annotated[int, Field(ge=0)] | None = None
+    input_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     outputs: list[float] | None = None
     predicted_class: Annotated[int, Field(ge=0)] | None = None
 

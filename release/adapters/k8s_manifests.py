@@ -13,6 +13,9 @@ Model files reach the pod in one of two ways (``ServingOptions.model_source``):
 * ``gcs-direct``: the server gets the ``gs://`` URI as ``--artifact`` and fetches it itself. This needs a pod
   server that reads ``gs://``; ``handlers.server`` today takes a local path, hence the default above.
 
+Pods are shaped per version by the policy's ``serving`` section (through ``DeploymentSpec``): accelerator, GPUs,
+CPU, memory, replica range, queue-time target, workers, batching. ``ServingOptions`` holds the cluster's part.
+
 Autoscaling follows the queue time the pod server exports (``pod_queue_time_seconds``, a histogram): the
 HPA reads a *Pods* metric of that name from ``custom.metrics.k8s.io``, which a metrics adapter must serve as
 the per-pod average over a short window (``deploy/k8s/metrics-adapter`` has the prometheus-adapter rule;
@@ -67,12 +70,10 @@ class ServingOptions:
     image: str = "ghcr.io/modelrelease/pod:latest"
     """The serving pod image (``deploy/docker/pod.Dockerfile``). Pin a digest in production."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    gpu_count: int = 1
-    """``nvidia.com/gpu`` per pod when the version asks for a GPU."""
-    accelerator: str = "nvidia-l4"
-    """GKE accelerator node label value, e.g. ``nvidia-l4``, ``nvidia-tesla-t4``, ``nvidia-h100-80gb``."""
+    accelerator: str | None = None
+    """Overrides every version's ``serving.accelerator`` (GKE label value, e.g. ``nvidia-h100-80gb``)."""
     tolerations: tuple[Toleration, ...] = ()
-    resources: Resources = Resources(cpu="2", memory="8Gi", ephemeral_storage="20Gi")
+    ephemeral_storage: str = "20Gi"  # the server container's node-local disk; CPU and memory: the policy's
     model_source: Literal["init-container", "gcs-direct"] = "init-container"
     fetch_image: str = "gcr.io/google.com/cloudsdktool/google-cloud-cli:slim"
     """Image of the init container that copies the artifact (``init-container`` mode)."""
@@ -85,11 +86,8 @@ class ServingOptions:
     model's bucket prefix alone, and an unknown model's pods never start."""
     run_as_user: int = 10001
     """The non-root uid the images are built with (``deploy/docker``)."""
-    min_replicas: int = 1
-    max_replicas: int = 4
     queue_time_metric: str = "pod_queue_time_seconds"
-    """Pods metric (served by the metrics adapter) the HPA keeps near ``queue_time_target_s``."""
-    queue_time_target_s: float = 0.05
+    """Pods metric (served by the metrics adapter) the HPA keeps near the policy's ``target_queue_ms``."""
     startup_timeout_s: int = 600
     """How long a pod may take to load its model before the kubelet restarts it."""
     progress_deadline_s: int = 1200
@@ -103,7 +101,6 @@ class ServingOptions:
 
 
 DEFAULT_OPTIONS = ServingOptions()
-
 
 
 # --------------------------------------------------------------------------------------------- pod
@@ -210,6 +207,7 @@ def _server_args(spec: DeploymentSpec, artifact: str, options: ServingOptions) -
         "--port", str(SERVER_PORT),
         "--max-batch-size", str(spec.max_batch_size),
         "--max-batch-delay-ms", f"{spec.max_batch_delay_ms:g}",
+        "--http-workers", str(spec.http_workers),
         "--drain-timeout-s", str(options.drain_s),
         "--work-dir", f"{_MODELS_DIR}/work",  # .mar archives unpack here: the root filesystem is read-only
         "--log-format", "json",
@@ -231,7 +229,9 @@ def _server_container(spec: DeploymentSpec, artifact: str, options: ServingOptio
         "args": _server_args(spec, artifact, options),
         "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
         "env": _server_env(spec),
-        "resources": _resources(options.resources, gpus=options.gpu_count if spec.gpu else 0),
+        "resources": _resources(Resources(cpu=spec.cpu, memory=spec.memory,
+                                          ephemeral_storage=options.ephemeral_storage),
+                                gpus=max(1, spec.gpus) if spec.gpu else 0),
         "securityContext": _container_security(),
         "volumeMounts": _mounts(),
         # Readiness flips when the model is loaded; liveness only asks whether the process answers.
@@ -253,8 +253,10 @@ def _scheduling(spec: DeploymentSpec, options: ServingOptions) -> dict[str, Any]
     ]
     if not spec.gpu:
         return {"tolerations": tolerations} if tolerations else {}
+    # The cluster's override, else the policy's; a GPU forced on over `accelerator: none` lands on L4.
+    chosen = options.accelerator or spec.accelerator
     return {
-        "nodeSelector": {_ACCELERATOR_LABEL: options.accelerator},
+        "nodeSelector": {_ACCELERATOR_LABEL: "nvidia-l4" if chosen == "none" else chosen},
         "tolerations": [{"key": _GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}, *tolerations],
     }
 
@@ -334,13 +336,13 @@ def _quantity(seconds: float) -> str:
     return f"{round(seconds * 1000)}m"
 
 
-def min_replicas(spec: DeploymentSpec, options: ServingOptions) -> int:
-    """The replicas a version always has: what it asks for, never below the cluster's floor."""
-    return max(1, spec.replicas, options.min_replicas)
+def min_replicas(spec: DeploymentSpec) -> int:
+    """The replicas a version always has: ``serving.min_replicas``, else ``rollout.replicas``."""
+    return max(1, spec.replicas)
 
 
 def _hpa(spec: DeploymentSpec, *, namespace: str, options: ServingOptions) -> Manifest:
-    minimum = min_replicas(spec, options)
+    minimum = min_replicas(spec)
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -349,13 +351,13 @@ def _hpa(spec: DeploymentSpec, *, namespace: str, options: ServingOptions) -> Ma
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
                                "name": object_name(spec.model, spec.version)},
             "minReplicas": minimum,
-            "maxReplicas": max(minimum, options.max_replicas),
+            "maxReplicas": max(minimum, spec.max_replicas),
             "metrics": [{
                 "type": "Pods",
                 "pods": {
                     "metric": {"name": options.queue_time_metric},
                     "target": {"type": "AverageValue",
-                               "averageValue": _quantity(options.queue_time_target_s)},
+                               "averageValue": _quantity(spec.target_queue_ms / 1000)},
                 },
             }],
             # GPU pods are slow to start and costly to flap: add quickly, remove slowly.

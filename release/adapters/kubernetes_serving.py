@@ -179,7 +179,7 @@ class KubernetesServingBackend:
     def wait_ready(self, spec: DeploymentSpec, *, timeout_s: float) -> DeploymentStatus:
         """Watch the Deployment until its rollout completes; ROLLOUT_FAILED with diagnostics if not."""
         name = object_name(spec.model, spec.version)
-        want = min_replicas(spec, self._options)
+        want = min_replicas(spec)
         deadline = time.monotonic() + timeout_s
         last: client.V1Deployment | None = None
         with api_errors(f"watching Deployment {name}"):

@@ -202,6 +202,7 @@ class LocalServingBackend:
         command = [self.python, "-m", "handlers.server", "--artifact", str(artifact), "--host", self.host,
                    "--port", str(port), "--max-batch-size", str(spec.max_batch_size),
                    "--max-batch-delay-ms", str(spec.max_batch_delay_ms), "--device", self._device(spec),
+                   "--http-workers", str(spec.http_workers),
                    "--work-dir", str(artifact.parent / "work"), "--log-format", "json"]
         if spec.digest:
             command += ["--expect-digest", spec.digest]
@@ -212,6 +213,7 @@ class LocalServingBackend:
     def _fingerprint(self, spec: DeploymentSpec) -> str:
         fields = {"artifact": str(spec.local_path), "replicas": spec.replicas, "gpu": spec.gpu,
                   "code": spec.allow_model_code, "batch": spec.max_batch_size, "delay": spec.max_batch_delay_ms,
+                  "workers": spec.http_workers,
                   "env": sorted(spec.env.items()), "digest": spec.digest}
         return json.dumps(fields, sort_keys=True)
 

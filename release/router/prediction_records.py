@@ -1,32 +1,39 @@
-"""Prediction records from one proxied exchange: the OIP request and answer bodies split into rows.
+"""Prediction records from one proxied exchange: the request and answer bodies split into rows.
 
-Pure: no I/O, no clock. A request of n rows becomes n records sharing the request id as their group id; a body
-that is not an OIP tensor becomes no record at all (logging never fails a prediction).
+Pure: no I/O, no clock. A request of n rows becomes n records sharing the request id as their group id. The rows
+come from every body a pod takes (``request_rows``): OIP JSON and OIP binary tensors on ``/v2/.../infer``;
+TorchServe-style JSON on ``/predictions`` and ``/predict``, mapped onto the model's first declared input. A
+``/predictions`` body that gives no numbers (an image, text) becomes one record of its size and sha256 only; an
+OIP body that gives no rows becomes no record at all (logging never fails a prediction).
 
-The body is the client's: its declared ``shape`` is believed only when it matches the values actually sent, so
-rows are bounded by the data in the body (a tiny body claiming a million rows gives no record), and never more
-than ``MAX_ROWS_PER_REQUEST`` of them are logged.
+Rows are bounded by the data actually sent and never more than ``MAX_ROWS_PER_REQUEST`` of them are logged.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
+from release.router.request_rows import MAX_ROWS_PER_REQUEST, Rows, answer_rows, oip_rows, torchserve_rows
+from schemas.manifest import TensorSpec
 from schemas.predictions import PredictionRecord
 
-#: Rows logged per request at most. Drift monitoring needs a sample, not every row of a bulk request; records are
-#: built on the event loop and each one holds the prediction logger's bounded buffer (10,000 by default), so one
-#: request must neither stall other requests nor crowd every other request's records out of the buffer.
-MAX_ROWS_PER_REQUEST = 1_000
+__all__ = ["MAX_ROWS_PER_REQUEST", "Exchange", "prediction_records"]
+
+_UNREADABLE = (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, OverflowError, StopIteration)
 
 
 @dataclass(frozen=True)
 class Exchange:
-    """One successful prediction as the router saw it."""
+    """One successful prediction as the router saw it.
+
+    ``style`` is the pod endpoint it went to (``v2``: OIP infer, ``ts``: ``/predictions``); ``binary_header``
+    the request's ``Inference-Header-Content-Length`` (OIP binary tensors); ``declared`` the model's inputs.
+    """
 
     model: str
     version: str
@@ -37,63 +44,81 @@ class Exchange:
     latency_s: float
     request_body: bytes
     answer_body: bytes
+    style: Literal["v2", "ts"] = "v2"
+    content_type: str = "application/json"
+    binary_header: int | None = None
+    declared: tuple[TensorSpec, ...] = ()
 
 
 def prediction_records(exchange: Exchange) -> list[PredictionRecord]:
     """One record per input row, with the matching output row and its predicted class."""
+    if exchange.style == "v2":
+        return _records(exchange, _oip_request_rows(exchange), _oip_answer_rows(exchange.answer_body))
     try:
-        rows = _rows(orjson.loads(exchange.request_body))
-        outputs = _rows(orjson.loads(exchange.answer_body), key="outputs")
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, OverflowError):
+        rows = _torchserve_request_rows(exchange)
+    except _UNREADABLE:
+        rows = []
+    if not rows:  # not numbers the model declares: what was sent, without its content
+        outputs = _answer(exchange, 1)
+        return [_record(exchange, 0, single=True, inputs=None, out=outputs[0] if outputs else None,
+                        raw=exchange.request_body)]
+    return _records(exchange, rows, _answer(exchange, len(rows)))
+
+
+def _oip_request_rows(exchange: Exchange) -> Rows:
+    body, header = exchange.request_body, exchange.binary_header
+    try:
+        if header is None:
+            return oip_rows(orjson.loads(body))
+        if not 0 < header <= len(body):
+            return []
+        return oip_rows(orjson.loads(body[:header]), binary=body[header:])
+    except _UNREADABLE:
         return []
+
+
+def _oip_answer_rows(body: bytes) -> Rows:
+    try:
+        return oip_rows(orjson.loads(body), key="outputs")
+    except _UNREADABLE:
+        return []
+
+
+def _torchserve_request_rows(exchange: Exchange) -> Rows:
+    media_type = exchange.content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        return []
+    document = orjson.loads(exchange.request_body)
+    if isinstance(document, dict) and "inputs" in document:  # the pod takes a full OIP body here too
+        return oip_rows(document)
+    return torchserve_rows(document, declared=exchange.declared)
+
+
+def _answer(exchange: Exchange, rows: int) -> Rows:
+    """Output rows of a ``/predictions`` answer (an OIP answer when the request was one); ``[]`` when unreadable."""
+    try:
+        document = orjson.loads(exchange.answer_body)
+        if isinstance(document, dict) and "outputs" in document:
+            return oip_rows(document, key="outputs")
+        return answer_rows(document, rows=rows)
+    except _UNREADABLE:
+        return []
+
+
+def _records(exchange: Exchange, rows: Rows, outputs: Rows) -> list[PredictionRecord]:
     single = len(rows) == 1
-    records = []
-    for i, inputs in enumerate(rows):
-        out = outputs[i] if i < len(outputs) else None
-        records.append(PredictionRecord(
-            request_id=exchange.request_id if single else f"{exchange.request_id}:{i}",
-            group_request_id=exchange.group_id or (None if single else exchange.request_id),
-            model=exchange.model, version=exchange.version, received_at=exchange.received_at,
-            completed_at=exchange.completed_at, latency_ms=exchange.latency_s * 1000, inputs=inputs, outputs=out,
-            predicted_class=int(max(range(len(out)), key=out.__getitem__)) if out else None))
-    return records
+    return [_record(exchange, i, single=single, inputs=inputs, out=outputs[i] if i < len(outputs) else None)
+            for i, inputs in enumerate(rows)]
 
 
-def _rows(document: Any, *, key: str = "inputs") -> list[list[float]]:
-    """The first tensor of an OIP body split into rows of floats, at most ``MAX_ROWS_PER_REQUEST`` of them."""
-    tensor = document[key][0]
-    data = tensor["data"]
-    flat: list[float] = []
-    stack = [data]
-    while stack:  # OIP allows nested lists; flatten without recursion
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(reversed(item))
-        else:
-            flat.append(float(item))
-    n, width = _row_shape(tensor["shape"], len(flat))
-    return [flat[i * width:(i + 1) * width] for i in range(min(n, MAX_ROWS_PER_REQUEST))]
-
-
-def _row_shape(shape: Any, values: int) -> tuple[int, int]:
-    """(rows, values per row) of a tensor holding ``values`` values, when its declared ``shape`` says exactly that.
-
-    A shape the data does not fill (or overfills) is a claim, not a tensor: no rows. So is an empty tensor.
-    """
-    if not isinstance(shape, list) or not all(type(d) is int and d > 0 for d in shape):
-        raise ValueError(f"not an OIP shape of a non-empty tensor: {str(shape)[:64]}")
-    if _product_up_to(shape, values) != values:
-        raise ValueError(f"the shape does not hold the {values} values sent")
-    if len(shape) < 2:  # a vector or a scalar is one row
-        return 1, values
-    return shape[0], values // shape[0]
-
-
-def _product_up_to(dims: list[int], bound: int) -> int:
-    """The product of ``dims``, or ``bound + 1`` once it passes ``bound`` (claimed dims never make a huge number)."""
-    product = 1
-    for dim in dims:
-        product *= dim
-        if product > bound:
-            return bound + 1
-    return product
+def _record(exchange: Exchange, i: int, *, single: bool, inputs: list[float] | None, out: list[float] | None,
+            raw: bytes | None = None) -> PredictionRecord:
+    extra: dict[str, Any] = {}
+    if raw is not None:
+        extra = {"input_size": len(raw), "input_sha256": hashlib.sha256(raw).hexdigest()}
+    return PredictionRecord(
+        request_id=exchange.request_id if single else f"{exchange.request_id}:{i}",
+        group_request_id=exchange.group_id or (None if single else exchange.request_id),
+        model=exchange.model, version=exchange.version, received_at=exchange.received_at,
+        completed_at=exchange.completed_at, latency_ms=exchange.latency_s * 1000, inputs=inputs, outputs=out,
+        predicted_class=int(max(range(len(out)), key=out.__getitem__)) if out else None, **extra)

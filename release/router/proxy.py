@@ -1,7 +1,9 @@
 """The proxy: the router's HTTP face. Resolves alias -> version -> pods, forwards, answers with the pod's reply.
 
 - ``/v2/models/{m}/infer`` (alias PROD), ``/v2/models/{m}/versions/{ref}/infer``, ``/predictions/{m}/{ref}``,
-  ``/predict/{m}/{ref}``; ``ref`` is a version or an alias.
+  ``/predict/{m}/{ref}`` (an alias of ``/predictions``, as on the pod); ``ref`` is a version or an alias.
+- The headers a pod reads to decode a body (``FORWARDED_HEADERS``: content type, ``Accept``, the OIP binary
+  extension's ``Inference-Header-Content-Length``, request and group ids) go with it; no other.
 - Canary weights split PROD traffic (``route_table``); pods are tried as ``pod_client`` says. When every pod of the
   cached route refused, the route is resolved afresh once (a rollback retires the old version's pods within the
   cache TTL).
@@ -10,7 +12,8 @@
 - Every request is untrusted: its body is refused with 413 ``body_too_large`` past ``max_body_bytes`` (before it
   is read when ``Content-Length`` says so, as soon as it passes the limit when streamed), and metric labels name
   only models the registry knows (``metrics.model_label``).
-- Successful predictions are sampled at the version's drift policy rate and handed to the prediction logger.
+- Successful predictions of every kind (OIP JSON or binary, ``/predictions``, ``/predict``) are sampled at the
+  version's drift policy rate, turned into records (``prediction_records``) and handed to the prediction logger.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Literal
 
 import structlog
 from prometheus_client import generate_latest
@@ -40,6 +44,9 @@ from schemas.error_table import http_status, retry_after
 from schemas.errors import ReleaseError
 
 log = structlog.get_logger(__name__)
+
+#: Request headers passed to the pod. ``content-length`` is not: the client library sets it for the body it sends.
+FORWARDED_HEADERS = ("content-type", "accept", "inference-header-content-length", "x-group-request-id")
 
 
 class Router:
@@ -99,16 +106,16 @@ class Router:
         return await self._proxy(request, request.path_params["model"], request.path_params.get("ref", PROD), "ts")
 
     async def _predict(self, request: Request) -> Response:
-        return await self._proxy(request, request.path_params["model"], request.path_params.get("ref", PROD), "v2")
+        return await self._proxy(request, request.path_params["model"], request.path_params.get("ref", PROD), "ts")
 
-    async def _proxy(self, request: Request, model: str, ref: str, style: str) -> Response:
+    async def _proxy(self, request: Request, model: str, ref: str, style: Literal["v2", "ts"]) -> Response:
         started = self._clock()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         # Every log line of this request (pod refusals, stale routes, the lookup's thread) carries its id.
         with structlog.contextvars.bound_contextvars(request_id=request_id, model=model):
             return await self._handle(request, model, ref, style, request_id=request_id, started=started)
 
-    async def _handle(self, request: Request, model: str, ref: str, style: str, *, request_id: str,
+    async def _handle(self, request: Request, model: str, ref: str, style: Literal["v2", "ts"], *, request_id: str,
                       started: float) -> Response:
         received = datetime.now(UTC)
         group_id = request.headers.get("x-group-request-id")
@@ -124,8 +131,9 @@ class Router:
         except ReleaseError as error:
             return self._refusal(error, model, headers)
         path = f"/v2/models/{model}/infer" if style == "v2" else f"/predictions/{model}"
-        forward = {"content-type": request.headers.get("content-type", "application/json"),
-                   "x-request-id": request_id}
+        forward = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
+        forward.setdefault("content-type", "application/json")
+        forward["x-request-id"] = request_id
         target, version, answer = await self._send(target, ref, path, body, forward)
         total = self._clock() - started
         headers.update({"X-Model-Version": version, "X-Model-Name": model,
@@ -138,7 +146,9 @@ class Router:
         if answer.status < 400 and self._logger is not None and self._rng.random() < target.sample_rate:
             exchange = Exchange(model=model, version=version, request_id=request_id, group_id=group_id,
                                 received_at=received, completed_at=datetime.now(UTC), latency_s=total,
-                                request_body=body, answer_body=answer.body)
+                                request_body=body, answer_body=answer.body, style=style,
+                                content_type=forward["content-type"], declared=target.declared,
+                                binary_header=_binary_header(forward))
             for record in prediction_records(exchange):
                 self._logger.offer(record)
         return Response(answer.body, status_code=answer.status, media_type=answer.content_type, headers=headers)
@@ -179,6 +189,12 @@ class Router:
         if again == (version, endpoints):
             return target, version, answer
         return fresh, again[0], await self._pods.send(*again, path, body, forward)
+
+
+def _binary_header(headers: dict[str, str]) -> int | None:
+    """The OIP binary extension's JSON header length, when the request declares one (the pod checked it)."""
+    declared = headers.get("inference-header-content-length", "")
+    return int(declared) if declared.isascii() and declared.isdigit() else None
 
 
 def build_router_app(router: Router, *, extra_routes: list[Route] | None = None) -> Starlette:

@@ -14,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from release import registry
 from release.db import session_scope
 from schemas.errors import NotFound, Reason
+from schemas.manifest import TensorSpec
 
 PROD = registry.PROD
 
@@ -33,6 +35,8 @@ class Target:
     canaries: tuple[tuple[str, tuple[str, ...], int], ...] = ()
     sample_rate: float = 1.0
     resolved_at: float = 0.0
+    declared: tuple[TensorSpec, ...] = ()
+    """The version's declared inputs (its manifest's), so ``/predictions`` bodies can be logged as rows."""
 
     def pick(self, rng: random.Random) -> tuple[str, tuple[str, ...]]:
         """The version and pods for one request, honouring canary weights."""
@@ -87,11 +91,12 @@ class RouteTable:
                         other = registry.get_version(s, model, version)
                         canaries.append((version, self._endpoints(s, other.id), weight))
             rate = float(view.policy.get("drift", {}).get("sample_rate", 1.0))
+            declared = _declared_inputs(view.manifest)
         if not endpoints and not canaries:
             raise NotFound(f"{model}/{view.version} has no ready pods", reason=Reason.NOT_READY,
                            hint="The version is not being served; see `release show NAME VERSION`.")
         return Target(model=model, version=view.version, endpoints=endpoints, canaries=tuple(canaries),
-                      sample_rate=rate, resolved_at=now)
+                      sample_rate=rate, resolved_at=now, declared=declared)
 
     @staticmethod
     def _endpoints(session: Any, version_id: int) -> tuple[str, ...]:
@@ -99,3 +104,11 @@ class RouteTable:
         if deployment is None or deployment.status != "ready":
             return ()
         return tuple(deployment.endpoints)
+
+
+def _declared_inputs(manifest: dict[str, Any]) -> tuple[TensorSpec, ...]:
+    """The manifest's input specs; none when it has none (a ``.mar``) or they do not parse."""
+    try:
+        return tuple(TensorSpec.model_validate(spec) for spec in manifest.get("inputs") or ())
+    except (ValidationError, TypeError):
+        return ()

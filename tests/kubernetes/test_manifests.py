@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]  # no stubs installed; used in one call
@@ -119,8 +120,8 @@ def test_model_names_render_valid_objects(model: str) -> None:
 
 def test_gpu_version_requests_gpus_on_the_accelerator_nodes() -> None:
     """A GPU version asks for nvidia.com/gpu, selects the accelerator and tolerates the GPU taint."""
-    options = ServingOptions(gpu_count=2, accelerator="nvidia-h100-80gb")
-    pod = _by_kind(render_version(_spec(gpu=True), namespace="ns", options=options))["Deployment"]
+    spec_ = replace(_spec(gpu=True), gpus=2, accelerator="nvidia-h100-80gb")
+    pod = _by_kind(render_version(spec_, namespace="ns"))["Deployment"]
     spec = pod["spec"]["template"]["spec"]
     resources = spec["containers"][0]["resources"]
 
@@ -203,8 +204,8 @@ def test_non_gcs_artifacts_are_refused() -> None:
 
 def test_hpa_scales_on_queue_time_and_owns_the_replica_count() -> None:
     """The HPA targets average queue time per pod; the Deployment leaves `replicas` to it."""
-    options = ServingOptions(queue_time_target_s=0.1, min_replicas=1, max_replicas=6)
-    objects = _by_kind(render_version(_spec(replicas=3), namespace="ns", options=options))
+    spec = replace(_spec(replicas=3), target_queue_ms=100, max_replicas=6)
+    objects = _by_kind(render_version(spec, namespace="ns"))
     hpa = objects["HorizontalPodAutoscaler"]["spec"]
 
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 6)

@@ -9,11 +9,11 @@ from release.settings import Settings
 
 
 @pytest.mark.parametrize(("gpu", "serving", "expected"), [
-    ("on", "local", True), ("on", "kubernetes", True), ("off", "local", False), ("off", "kubernetes", False),
-    ("auto", "local", True), ("auto", "kubernetes", False),
+    ("on", "local", None), ("on", "kubernetes", None), ("off", "local", False), ("off", "kubernetes", False),
+    ("auto", "local", None), ("auto", "kubernetes", None),
 ])
-def test_gpu_setting_decides_what_versions_ask_for(gpu: str, serving: str, expected: bool) -> None:
-    """auto asks local pods to use a GPU when present, but never requests one from a cluster."""
+def test_gpu_setting_decides_what_versions_ask_for(gpu: str, serving: str, expected: bool | None) -> None:
+    """off serves every version on CPU; on and auto leave it to each model's serving policy."""
     assert wants_gpu(Settings(gpu=gpu, serving=serving)) is expected
 
 
