@@ -16,7 +16,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from release.db import make_engine, migrate
+from release.adapters.local_bucket import LocalFolderStore
+from release.adapters.local_bus import LocalEventBus
+from release.db import make_engine, migrate, session_factory
+from release.intake import Intake
 from tests.servers.gcs_server import GcsServer
 from tests.servers.pubsub_server import PubSubServer
 
@@ -115,3 +118,18 @@ def gcs_server(tmp_path: Path) -> Iterator[GcsServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def bucket(tmp_path: Path) -> Path:
+    """An empty bucket folder (the local folder store's root)."""
+    path = tmp_path / "bucket"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def intake(bucket: Path, engine: Engine) -> Iterator[Intake]:
+    """Intake over the bucket folder, the metadata store and the local bus."""
+    yield Intake(store=LocalFolderStore(root=bucket), bus=LocalEventBus(session_factory=session_factory(engine)),
+                 engine=engine)

@@ -8,7 +8,6 @@ import os
 import pickle
 import random
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,28 +17,12 @@ from sqlmodel import select
 
 from release import journal, policies, registry
 from release.adapters.local_bucket import LocalBucketWatcher, LocalFolderStore
-from release.adapters.local_bus import LocalEventBus
-from release.db import session_factory, session_scope
+from release.db import session_scope
 from release.intake import Intake
 from schemas.events import EventType
 from schemas.policy import ReleasePolicy, RolloutPolicy
 from schemas.tables import ModelVersion
 from tests.artifacts import manifest_for, npz_bytes, torchscript_bytes, write_artifact
-
-
-@pytest.fixture
-def bucket(tmp_path: Path) -> Path:
-    """An empty bucket folder."""
-    path = tmp_path / "bucket"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def intake(bucket: Path, engine: Engine) -> Iterator[Intake]:
-    """Intake over the bucket folder, the metadata store and the local bus."""
-    yield Intake(store=LocalFolderStore(root=bucket), bus=LocalEventBus(session_factory=session_factory(engine)),
-                 engine=engine)
 
 
 def _events(engine: Engine, event_type: EventType) -> list[dict]:

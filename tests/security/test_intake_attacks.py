@@ -6,7 +6,6 @@ import io
 import json
 import pickle
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,7 +17,6 @@ from sqlmodel import select
 
 from handlers.archive import ArchiveLimits, extract_zip
 from release import policies
-from release.adapters.local_bucket import LocalFolderStore
 from release.adapters.local_bus import LocalEventBus
 from release.db import session_factory, session_scope
 from release.intake import Intake
@@ -29,21 +27,6 @@ from schemas.policy import ReleasePolicy, RolloutPolicy
 from schemas.tables import Model, ModelVersion
 from tests.artifacts import manifest_for, npz_bytes, torchscript_bytes, write_artifact
 from tests.marfiles import build_mar, decoy_pickle, raw_zip, torch_zip
-
-
-@pytest.fixture
-def bucket(tmp_path: Path) -> Path:
-    """An empty bucket folder."""
-    path = tmp_path / "bucket"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def intake(bucket: Path, engine: Engine) -> Iterator[Intake]:
-    """Intake over the bucket folder, the metadata store and the local bus."""
-    yield Intake(store=LocalFolderStore(root=bucket), bus=LocalEventBus(session_factory=session_factory(engine)),
-                 engine=engine)
 
 
 @pytest.fixture
