@@ -1,7 +1,9 @@
 """Release policy: which gates a version must pass, how it is rolled out and served, how drift is judged.
 
-A policy lives in the bucket at ``policies/<name>.json`` or comes from the settings; every field has a default
-so that an empty policy ``{}`` is a sensible one.
+A model's policy belongs to the operator: it is set with ``release policy set`` (stored, versioned and audited by
+``release.policies``), else the installation default (RELEASE_POLICY_JSON) applies; a bucket's
+``policies/<name>.json`` counts only where RELEASE_BUCKET_POLICIES opts in. Every field has a default, so an
+empty policy ``{}`` is a sensible one.
 """
 
 from __future__ import annotations
