@@ -38,7 +38,7 @@ def handle(data, context):
 
 def build_mar(tmp: Path, *, name: str, version: str, serialized: bytes, handler: str = SCORES_HANDLER,
               extra: dict[str, bytes] | None = None, requirements: str | None = None,
-              config: str | None = None) -> Path:
+              config: str | None = None, model_file: str | None = None) -> Path:
     """``<tmp>/<name>.mar`` made by torch-model-archiver from these parts (files written to a scratch folder)."""
     work = tmp / f"{name}-{version}-src"
     work.mkdir(parents=True)
@@ -47,6 +47,9 @@ def build_mar(tmp: Path, *, name: str, version: str, serialized: bytes, handler:
     args = [str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name, "--version", version,
             "--serialized-file", str(work / "model.pt"), "--handler", str(work / "handler.py"),
             "--export-path", str(tmp), "--force"]
+    if model_file is not None:
+        (work / "model.py").write_text(model_file)
+        args += ["--model-file", str(work / "model.py")]
     if extra:
         for file_name, data in extra.items():
             (work / file_name).write_bytes(data)

@@ -31,7 +31,6 @@ from pod_testkit import (
     ColorNet,
     Digits,
     Pod,
-    archive,
     to_bytes,
     write_model_dir,
 )
@@ -39,6 +38,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from handlers.architectures import MLP
+from release.adapters.local_serving import LocalServingBackend
+from tests.marfiles import build_mar
 
 
 @pytest.fixture(scope="session")
@@ -89,10 +90,11 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, digits: Digits) -> Artif
                            extra={"model_file": "model.pt"}, **DIGITS_IO)
     serialized = root / "digits-ts" / "model.pt"
     state_dict_file = root / "digits-sd" / "weights.pt"
-    mar_class = archive(root, name="digits_class", serialized=state_dict_file, handler=MAR_CLASS_HANDLER,
-                        extra={"index_to_name.json": json.dumps({str(i): str(i) for i in range(10)})},
-                        model_file=MAR_MODEL_FILE)
-    mar_function = archive(root, name="digits_fn", serialized=serialized, handler=MAR_FUNCTION_HANDLER, extra={})
+    mar_class = build_mar(root, name="digits_class", version="1.0", serialized=state_dict_file.read_bytes(),
+                          handler=MAR_CLASS_HANDLER, model_file=MAR_MODEL_FILE,
+                          extra={"index_to_name.json": json.dumps({str(i): str(i) for i in range(10)}).encode()})
+    mar_function = build_mar(root, name="digits_fn", version="1.0", serialized=serialized.read_bytes(),
+                             handler=MAR_FUNCTION_HANDLER)
     return Artifacts(root=root, digits_ts=digits_ts, digits_sd=digits_sd, image=image, text=text, slow=slow,
                      mar_class=mar_class, mar_function=mar_function)
 
@@ -148,3 +150,11 @@ def tiny_images() -> dict[str, bytes]:
     Image.new("RGB", (20, 20), (250, 5, 5)).save(buffer, format="JPEG")
     images["red_jpeg"] = buffer.getvalue()
     return images
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[LocalServingBackend]:
+    """A local serving backend with a fresh home and quick restarts; closed (pods stopped) after the test."""
+    local = LocalServingBackend(home=tmp_path / "home", restart_backoff_s=0.1, stop_grace_s=5)
+    yield local
+    local.close()

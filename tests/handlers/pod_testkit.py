@@ -220,26 +220,6 @@ def handle(data, context):
 '''
 
 
-def archive(tmp: Path, *, name: str, serialized: Path, handler: str, extra: dict[str, str],
-            model_file: str | None = None) -> Path:
-    """A .mar made by the real torch-model-archiver."""
-    work = tmp / f"{name}-src"
-    work.mkdir()
-    (work / "handler.py").write_text(handler)
-    args = [str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name, "--version", "1.0",
-            "--serialized-file", str(serialized), "--handler", str(work / "handler.py"),
-            "--export-path", str(tmp), "--force"]
-    if model_file is not None:
-        (work / "model.py").write_text(model_file)
-        args += ["--model-file", str(work / "model.py")]
-    if extra:
-        for file_name, text in extra.items():
-            (work / file_name).write_text(text)
-        args += ["--extra-files", ",".join(str(work / f) for f in extra)]
-    subprocess.run(args, check=True, capture_output=True, timeout=120)
-    return tmp / f"{name}.mar"
-
-
 def infer_body(rows: np.ndarray, **extra: Any) -> dict[str, Any]:
     """An OIP infer body for rows of digits features."""
     return {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),

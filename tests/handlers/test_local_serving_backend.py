@@ -25,14 +25,6 @@ def spec_for(path: Path, *, model: str = "digits", version: str = "1", replicas:
                           replicas=replicas, max_batch_size=8, max_batch_delay_ms=1.0)
 
 
-@pytest.fixture
-def backend(tmp_path: Path):
-    """A backend with a fresh home and quick restarts; closed (pods stopped) after the test."""
-    local = LocalServingBackend(home=tmp_path / "home", restart_backoff_s=0.1, stop_grace_s=5)
-    yield local
-    local.close()
-
-
 def test_deploy_is_ready_idempotent_and_serves(backend: LocalServingBackend, artifacts: Artifacts,
                                                digits: Digits, tmp_path: Path):
     """Two replicas become ready, serve predictions, log under home/pods, and a second deploy changes nothing."""

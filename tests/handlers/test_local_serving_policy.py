@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from pod_testkit import Artifacts, Digits, infer_body
 
 from release.adapters.local_replica import pid_cmdline
@@ -23,14 +22,6 @@ def _view(path: Path, policy: dict[str, Any]) -> VersionView:
     return VersionView(id=1, model="digits", version="1", seq=1, state=VersionState.DEPLOYING, state_reason="",
                        intent="", digest="", artifact_uri=path.as_uri(), format="torchscript", manifest={},
                        metrics={}, policy=policy, revision=1, created_at=now, updated_at=now)
-
-
-@pytest.fixture
-def backend(tmp_path: Path):
-    """A backend with a fresh home; closed (pods stopped) after the test."""
-    local = LocalServingBackend(home=tmp_path / "home", restart_backoff_s=0.1, stop_grace_s=5)
-    yield local
-    local.close()
 
 
 def test_local_pod_runs_with_the_policys_workers_and_batching(backend: LocalServingBackend, artifacts: Artifacts,

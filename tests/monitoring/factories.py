@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import numpy as np
+
+from monitoring.windows import WindowData
 from schemas.predictions import (
     ClassDrift,
     ClosedBy,
@@ -39,3 +43,10 @@ def measurement(index: int, *, psi: float = 0.0, p_adj: float = 0.5, wasserstein
                                                  counts=[samples // 10] * 10)
     return DriftMeasurement(window=window, samples=samples, correction=Correction.BENJAMINI_HOCHBERG,
                             features=[feature], classes=classes)
+
+
+def window_data(index: int, x: np.ndarray[Any, Any], classes: np.ndarray[Any, Any]) -> WindowData:
+    """A closed window of model ``m`` v1 holding inputs ``x`` and predicted ``classes``."""
+    meta = DriftWindow(model="m", version="1", index=index, start=T0, end=T0, records=len(x),
+                       closed_by=ClosedBy.COUNT)
+    return WindowData(meta=meta, inputs=x, input_features=np.empty((0, 0)), predicted=classes)

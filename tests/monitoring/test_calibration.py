@@ -13,18 +13,12 @@ from sklearn.datasets import load_digits
 from monitoring.alerts import AlertState, classify, step
 from monitoring.measure import measure
 from monitoring.profile import build_profile
-from monitoring.windows import WindowAccumulator, WindowData
+from monitoring.windows import WindowAccumulator
 from schemas.policy import DriftPolicy
-from schemas.predictions import AlertKind, ClosedBy, DriftWindow, Severity
-from tests.monitoring.factories import T0, record
+from schemas.predictions import AlertKind, Severity
+from tests.monitoring.factories import record, window_data
 
 N_WINDOWS = 1000
-
-
-def _window(index: int, x: np.ndarray, classes: np.ndarray) -> WindowData:
-    meta = DriftWindow(model="m", version="1", index=index, start=T0, end=T0, records=len(x),
-                       closed_by=ClosedBy.COUNT)
-    return WindowData(meta=meta, inputs=x, input_features=np.empty((0, 0)), predicted=classes)
 
 
 def test_false_alarm_rate_at_most_alpha_on_reference_data():
@@ -40,7 +34,7 @@ def test_false_alarm_rate_at_most_alpha_on_reference_data():
     drifting = 0
     for i in range(N_WINDOWS):
         x = rng.normal(size=(policy.window_size, 10))
-        m = measure(profile, _window(i, x, rng.choice(10, size=policy.window_size, p=class_p)))
+        m = measure(profile, window_data(i, x, rng.choice(10, size=policy.window_size, p=class_p)))
         verdict = classify(m, policy)
         assert verdict is not None
         drifting += verdict.severity is not Severity.NONE

@@ -11,10 +11,9 @@ from monitoring import detectors, ks_alerting
 from monitoring.alerts import classify
 from monitoring.measure import measure
 from monitoring.profile import build_profile
-from monitoring.windows import WindowData
 from schemas.policy import DriftPolicy
-from schemas.predictions import ClosedBy, Correction, DriftWindow
-from tests.monitoring.factories import T0
+from schemas.predictions import Correction
+from tests.monitoring.factories import window_data
 
 # Equal, unequal, coprime and highly divisible sizes from the smallest the bound covers to the largest exact one.
 BOUND_SIZES = [(100, 100), (100, 5000), (101, 5000), (150, 1000), (333, 1000), (500, 500), (500, 2000),
@@ -83,12 +82,6 @@ def test_without_thresholds_or_small_samples_all_exact():
         np.testing.assert_array_equal(got[1], want[1])
 
 
-def _window(index: int, x: np.ndarray, classes: np.ndarray) -> WindowData:
-    meta = DriftWindow(model="m", version="1", index=index, start=T0, end=T0, records=len(x),
-                       closed_by=ClosedBy.COUNT)
-    return WindowData(meta=meta, inputs=x, input_features=np.empty((0, 0)), predicted=classes)
-
-
 def test_measure_with_alpha_classifies_as_exact():
     """Windows measured with the policy's alpha get the same verdict as with every KS p-value exact."""
     rng = np.random.default_rng(7)
@@ -97,7 +90,7 @@ def test_measure_with_alpha_classifies_as_exact():
     for i, shift in enumerate(np.linspace(0.0, 0.25, 30)):
         x = rng.normal(size=(400, 12))
         x[:, :4] += shift
-        window = _window(i, x, rng.integers(0, 5, size=400))
+        window = window_data(i, x, rng.integers(0, 5, size=400))
         fast = measure(profile, window, alpha=policy.alpha)
         exact = measure(profile, window)
         got, want = classify(fast, policy), classify(exact, policy)
