@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import json
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO, Any
@@ -256,15 +255,24 @@ class Intake:
         return manifest
 
     @contextlib.contextmanager
-    def _open_seekable(self, name: str, info: ObjectInfo) -> Iterator[IO[bytes]]:
+    def _open_seekable(self, name: str, info: ObjectInfo, *,
+                       digest: hashlib._Hash | None = None) -> Iterator[IO[bytes]]:
         """The object as a seekable file: zips are read from their end. A bucket's stream (Cloud Storage) that
-        cannot seek is spooled to a temporary file first (in memory up to a few MiB, on disk past that)."""
+        cannot seek is spooled to a temporary file first (in memory up to a few MiB, on disk past that). With
+        ``digest``, the object's bytes are hashed on the way, so hashing costs no second read of the bucket."""
         with self._store.open(name, generation=info.generation) as handle:
             if handle.seekable():
+                if digest is not None:
+                    while chunk := handle.read(_CHUNK):
+                        digest.update(chunk)
+                    handle.seek(0)
                 yield handle
                 return
             with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spooled:
-                shutil.copyfileobj(handle, spooled, _CHUNK)
+                while chunk := handle.read(_CHUNK):
+                    if digest is not None:
+                        digest.update(chunk)
+                    spooled.write(chunk)
                 spooled.seek(0)
                 yield spooled
 
@@ -279,9 +287,10 @@ class Intake:
         info = self._store.stat(ref.prefix)
         if info is None:
             raise NotFound(f"{ref.prefix} vanished before intake read it", reason=Reason.FILE_MISSING)
-        sha = self._sha256(ref.prefix, info)
-        with self._open_seekable(ref.prefix, info) as handle:
+        digest = hashlib.sha256()
+        with self._open_seekable(ref.prefix, info, digest=digest) as handle:
             contents = inspect_mar(handle, label=ref.prefix.rsplit("/", 1)[-1], size=info.size)
+        sha = digest.hexdigest()
         manifest = mar_manifest(model=ref.model, version=ref.version, contents=contents, sha256=sha, size=info.size)
         return manifest, "sha256:" + sha
 
