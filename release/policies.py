@@ -88,9 +88,10 @@ def set_policy(session: Session, *, model: str, policy: ReleasePolicy, actor: st
     registry.ensure_model(session, model)
     before = current(session, model)
     document = policy.model_dump(mode="json")
-    if before is not None and before.policy.model_dump(mode="json") == document:
+    previous = before.policy.model_dump(mode="json") if before is not None else {}
+    if before is not None and previous == document:
         return before
-    changes = diff(before.policy.model_dump(mode="json") if before else {}, document)
+    changes = diff(previous, document)
     row = PolicyRevision(model=model, revision=(before.revision if before else 0) + 1, policy=document,
                          actor=actor, reason=reason, diff=changes)
     session.add(row)
