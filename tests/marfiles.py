@@ -38,14 +38,14 @@ def handle(data, context):
 
 def build_mar(tmp: Path, *, name: str, version: str, serialized: bytes, handler: str = SCORES_HANDLER,
               extra: dict[str, bytes] | None = None, requirements: str | None = None,
-              config: str | None = None, model_file: str | None = None) -> Path:
+              config: str | None = None, model_file: str | None = None, serialized_name: str = "model.pt") -> Path:
     """``<tmp>/<name>.mar`` made by torch-model-archiver from these parts (files written to a scratch folder)."""
     work = tmp / f"{name}-{version}-src"
     work.mkdir(parents=True)
     (work / "handler.py").write_text(handler)
-    (work / "model.pt").write_bytes(serialized)
+    (work / serialized_name).write_bytes(serialized)
     args = [str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name, "--version", version,
-            "--serialized-file", str(work / "model.pt"), "--handler", str(work / "handler.py"),
+            "--serialized-file", str(work / serialized_name), "--handler", str(work / "handler.py"),
             "--export-path", str(tmp), "--force"]
     if model_file is not None:
         (work / "model.py").write_text(model_file)

@@ -35,6 +35,7 @@ from release.adapters.pod_sandbox import (
     PodUser,
     default_pod_root,
     ensure_pod_root,
+    pod_code,
     pod_environment,
     prepare_pod_folder,
     resolve_pod_user,
@@ -74,6 +75,7 @@ class LocalServingBackend:
         secure_home(home)
         self.pod_root = pod_root or default_pod_root(home)
         ensure_pod_root(self.pod_root)
+        self._code_copy: Path | None = None
         self._pod_user_setting = pod_user
         self._pod_user: PodUser | str | None = "unresolved"
         self.pods_dir = home / "pods"
@@ -192,10 +194,16 @@ class LocalServingBackend:
             return "cpu"
         return "cuda" if self.gpu else "auto"
 
+    def _code(self) -> Path:
+        """Where pods import ``handlers`` and ``schemas`` from: a copy under the pod root, made once."""
+        if self._code_copy is None:
+            self._code_copy = pod_code(self.pod_root, source=REPO_ROOT)
+        return self._code_copy
+
     def _user(self) -> PodUser | None:
         """The pods' account, resolved once (it starts a probe process as that account)."""
         if isinstance(self._pod_user, str):
-            self._pod_user = resolve_pod_user(self._pod_user_setting, python=self.python, code=REPO_ROOT)
+            self._pod_user = resolve_pod_user(self._pod_user_setting, python=self.python, code=self._code())
         return self._pod_user
 
     def _command(self, spec: DeploymentSpec, *, port: int, artifact: Path) -> list[str]:
@@ -219,7 +227,7 @@ class LocalServingBackend:
 
     def _spawn(self, replica: Replica, *, env: dict[str, str]) -> None:
         assert replica.folder is not None
-        pod_env = pod_environment(folder=replica.folder, code=REPO_ROOT, extra=env, parent=os.environ)
+        pod_env = pod_environment(folder=replica.folder, code=self._code(), extra=env, parent=os.environ)
         with replica.log_path.open("ab") as log_file:
             # A new session: the pod outlives a crash of this process, so the next run can adopt it.
             replica.process = subprocess.Popen(  # type: ignore[call-overload]

@@ -156,3 +156,33 @@ def run_as(user: PodUser | None) -> dict[str, object]:
     if user is None:
         return {}
     return {"user": user.uid, "group": user.gid, "extra_groups": []}
+
+
+POD_PACKAGES = ("handlers", "schemas")
+
+
+def pod_code(root: Path, *, source: Path) -> Path:
+    """``handlers/`` and ``schemas/`` copied under the pod root, readable by any account: pods import only what
+    they ship with, and from a folder their account can read wherever the repository lives (a clone under a
+    private folder would otherwise leave an unprivileged pod unable to import its own server). The copy is named
+    by its content, so a new backend never replaces the code under pods that are still running."""
+    files = sorted(p for package in POD_PACKAGES for p in (source / package).rglob("*.py"))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
+    target = root / f"code-{digest.hexdigest()[:16]}"
+    if target.exists():
+        return target
+    staging = Path(tempfile.mkdtemp(prefix=".code-", dir=root))
+    for path in files:
+        copy = staging / path.relative_to(source)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
+        copy.chmod(0o644)
+    for folder in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
+        folder.chmod(0o755)
+    try:
+        staging.rename(target)
+    except OSError:  # another backend made the same copy first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

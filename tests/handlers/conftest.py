@@ -91,7 +91,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory, digits: Digits) -> Artif
     serialized = root / "digits-ts" / "model.pt"
     state_dict_file = root / "digits-sd" / "weights.pt"
     mar_class = build_mar(root, name="digits_class", version="1.0", serialized=state_dict_file.read_bytes(),
-                          handler=MAR_CLASS_HANDLER, model_file=MAR_MODEL_FILE,
+                          serialized_name=state_dict_file.name, handler=MAR_CLASS_HANDLER, model_file=MAR_MODEL_FILE,
                           extra={"index_to_name.json": json.dumps({str(i): str(i) for i in range(10)}).encode()})
     mar_function = build_mar(root, name="digits_fn", version="1.0", serialized=serialized.read_bytes(),
                              handler=MAR_FUNCTION_HANDLER)
