@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,9 @@ class EventType(StrEnum):
     DRIFT_ALERT = "dev.modelrelease.drift.alert.v1"
     DRIFT_RESOLVED = "dev.modelrelease.drift.resolved.v1"
     ACCURACY_MEASURED = "dev.modelrelease.accuracy.measured.v1"
+    CANARY_STEP = "dev.modelrelease.canary.step.v1"
+    RECONCILE_DUE = "dev.modelrelease.version.reconcile_due.v1"
+    TICK = "dev.modelrelease.tick.v1"
 
 
 SOURCE = "//modelrelease.dev/release"
@@ -158,6 +161,32 @@ class RolledBackData(BaseModel):
     restored_version: str | None
     actor: str
     reason: str
+
+
+class CanaryStepData(BaseModel):
+    """Payload of ``canary.step``: a canary step started (its route weight is set) or was judged."""
+
+    model: str
+    version: str
+    step: int
+    """Index of the step in the policy's ``rollout.steps``, from 0."""
+    weight: int
+    phase: Literal["started", "passed", "failed"]
+    result: dict[str, Any] | None = None
+    """The judged step (``CanaryStepResult``) once ``phase`` is passed or failed."""
+
+
+class ReconcileDueData(BaseModel):
+    """Payload of ``version.reconcile_due``: look at a version again once ``due_at`` has passed.
+
+    A step that must wait (pods becoming ready, a canary watch window, a rollout slot) publishes this instead
+    of sleeping, so one message is always one short step.
+    """
+
+    model: str
+    version: str
+    due_at: datetime
+    why: str = ""
 
 
 class RollbackRequestedData(BaseModel):
