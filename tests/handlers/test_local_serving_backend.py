@@ -70,6 +70,28 @@ def test_pod_that_cannot_load_fails_with_log_excerpt(backend: LocalServingBacken
     assert backend.restarts("digits", "1") == 0
 
 
+def test_check_ready_never_waits_and_fails_at_once_on_an_exited_pod(backend: LocalServingBackend,
+                                                                   artifacts: Artifacts, tmp_path: Path):
+    """check_ready answers from one look: ready eventually, and a pod that refused its bytes fails it at once."""
+    good = spec_for(artifacts.digits_ts, version="good")
+    backend.deploy(good)
+    eventually(lambda: backend.check_ready(good).ready, bool)
+    broken = Path(shutil.copytree(artifacts.digits_ts, tmp_path / "broken"))
+    (broken / "model.pt").write_bytes(b"x" * (broken / "model.pt").stat().st_size)
+    bad = spec_for(broken, version="bad")
+    backend.deploy(bad)
+    assert not backend.check_ready(bad).ready  # just started: nothing has exited yet
+
+    def refused() -> bool:
+        try:
+            backend.check_ready(bad)
+        except PermanentError as error:
+            return error.reason is Reason.CHECKSUM_MISMATCH
+        return False
+
+    eventually(refused, bool)
+
+
 def test_retire_stops_pods(backend: LocalServingBackend, artifacts: Artifacts):
     """Retire stops the pods and forgets the version; retiring again is a no-op."""
     spec = spec_for(artifacts.digits_ts)

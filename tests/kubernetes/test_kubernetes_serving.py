@@ -181,6 +181,19 @@ def test_wait_ready_fails_at_once_when_the_progress_deadline_passed(backend: Kub
     assert "ProgressDeadlineExceeded" in failure.value.details["log_excerpt"]
 
 
+def test_check_ready_looks_once_and_gives_up_only_when_told(backend: KubernetesServingBackend,
+                                                            api_client: client.ApiClient) -> None:
+    """One read: not ready yet while pods start, ready once complete, ROLLOUT_FAILED on give_up while starting."""
+    backend.deploy(GPU_SPEC)
+    _set_status(api_client, STARTING)
+    assert not backend.check_ready(GPU_SPEC).ready
+    with pytest.raises(PermanentError) as failure:
+        backend.check_ready(GPU_SPEC, give_up=True)
+    assert failure.value.reason == Reason.ROLLOUT_FAILED and "not ready in time" in failure.value.message
+    _set_status(api_client, _ready())
+    assert backend.check_ready(GPU_SPEC, give_up=True).ready
+
+
 def test_status_reads_the_deployment_or_none(backend: KubernetesServingBackend,
                                              api_client: client.ApiClient) -> None:
     """status is None before deploy and reflects the Deployment's replica counts after."""
