@@ -58,7 +58,7 @@ class RouteWriter(Protocol):
         ...
 
 
-def _split(stable: str, weights: dict[str, int]) -> tuple[Backend, ...]:
+def prod_backends(stable: str, weights: dict[str, int]) -> tuple[Backend, ...]:
     """PROD's backends: each canary at its weight, the stable version at the rest (0 while a canary has all).
 
     Weights above 100 in total (never written by the promoter, but a hand-edited registry could hold them) are
@@ -82,7 +82,7 @@ def desired_routes(session: Session, model: str) -> list[AliasRoute]:
         if alias.version is None:
             continue
         if alias.name == registry.PROD:
-            backends = _split(alias.version, registry.route_weights(session, model))
+            backends = prod_backends(alias.version, registry.route_weights(session, model))
         else:
             backends = (Backend(version=alias.version, weight=100),)
         routes.append(AliasRoute(model=model, alias=alias.name, backends=backends))

@@ -30,7 +30,8 @@ GCSFUSE_ANNOTATIONS = {"gke-gcsfuse/volumes": "true"}
 MODELS_DIR = "/models"
 _FUSE_DIR = "/gcs"
 _FUSE_VOLUME = "model-files"
-# Mount options are one comma-separated string: a prefix must not be able to add options of its own.
+# Mount options are one comma-separated string: a prefix must not be able to add options of its own, nor
+# name a folder above its own through "." or ".." segments (which object names may contain).
 _SAFE_PREFIX = re.compile(r"[A-Za-z0-9._~@+=/-]*")
 
 
@@ -71,9 +72,9 @@ def fuse_mount(source: str, *, digest: str | None) -> FuseMount:
     folder, name = (path, "")
     if source.endswith(".mar"):
         folder, _, name = path.rpartition("/")
-    if not _SAFE_PREFIX.fullmatch(folder):
+    if not _SAFE_PREFIX.fullmatch(folder) or (folder and {"", ".", ".."} & set(folder.split("/"))):
         raise PermanentError(
-            f"{source}: the prefix {folder!r} has characters a FUSE mount option cannot carry",
+            f"{source}: the prefix {folder!r} is not one a FUSE mount option can name safely",
             reason=Reason.ROLLOUT_FAILED,
             hint="Serve it with the init-container copy (RELEASE_K8S_MODEL_SOURCE=init-container).")
     options = ["implicit-dirs", "metadata-cache:ttl-secs:-1", *([f"only-dir={folder}"] if folder else [])]
