@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from release.adapters.gateway_routes import GatewayRouteWriter
 from release.adapters.k8s_names import object_name
-from release.adapters.k8s_routes import GatewayRef, route_name
+from release.adapters.k8s_routes import GatewayRef, render_routes, route_name
 from release.adapters.local_bus import LocalEventBus
 from release.db import session_factory
 from release.ports import SubscriptionSpec
@@ -29,7 +29,7 @@ from schemas.events import EventType, Topic, make_event
 from tests.kubernetes.conftest import NAMESPACE
 from tests.kubernetes.gateway_schemas import HTTPROUTE_SCHEMA
 from tests.kubernetes.release_steps import canary, move, register
-from tests.kubernetes.test_manifests import validate
+from tests.kubernetes.test_manifests import DNS_1035_LABEL, MODELS, validate
 from tests.servers.kube_server import KubeServer
 
 GATEWAY = GatewayRef(name="release-gateway", namespace="gateways", hostnames=("models.example.com",))
@@ -66,6 +66,20 @@ def _weights(api_client: client.ApiClient, model: str, alias: str) -> dict[str, 
     assert all(rule["backendRefs"] == rules[0]["backendRefs"] for rule in rules)
     names = {object_name(model, v): v for v in ("1", "2", "3")}
     return {names[ref["name"]]: ref["weight"] for ref in rules[0]["backendRefs"]}
+
+
+@pytest.mark.parametrize("model", [*MODELS, "Digits v2", "fraud.model_7"])
+def test_every_rendered_route_validates(model: str) -> None:
+    """HTTPRoutes and health checks of any model name validate: paths percent-encoded, names DNS labels."""
+    routes = [AliasRoute(model=model, alias="PROD", backends=(Backend("1", 90), Backend("A" * 64, 10))),
+              AliasRoute(model=model, alias="STG", backends=(Backend("..", 100),))]
+    objects = render_routes(routes, namespace="model-release", gateway=GATEWAY)
+
+    assert [o["kind"] for o in objects] == ["HTTPRoute"] * 2 + ["HealthCheckPolicy"] * 3
+    for obj in objects:
+        validate(obj)
+        assert DNS_1035_LABEL.fullmatch(obj["metadata"]["name"])
+        assert obj["metadata"]["annotations"]["modelrelease.dev/model"] == model
 
 
 def _drain(bus: LocalEventBus, consumer: Consumer) -> None:
