@@ -322,6 +322,12 @@ grant_model() {
   gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --quiet >/dev/null \
     --member "$(ksa_principal "$ksa")" --role roles/storage.objectViewer \
     --condition "title=model-${model}-only,expression=resource.name.startsWith(\"projects/_/buckets/${BUCKET}/objects/models/${model}/\")"
+  if [[ "$MODEL_SOURCE" == "gcsfuse" ]]; then
+    # A FUSE mount lists its prefix, and listing is checked against the bucket, which an object-name condition
+    # cannot match: the model's pods may then list object names bucket-wide (still read only their own objects).
+    gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --quiet >/dev/null \
+      --member "$(ksa_principal "$ksa")" --role roles/storage.legacyBucketReader
+  fi
 }
 
 deploy_control_plane() {
