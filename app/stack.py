@@ -85,7 +85,7 @@ class _Parts:
     relays: bool = False
 
 
-def _controller(app: App, stop: threading.Event, parts: _Parts, *,
+def _controller(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegistry, *,
                 on_alias_moved: Callable[[str | None], None] | None) -> None:
     app.ensure_subscriptions()
     controller = app.controller
@@ -99,7 +99,7 @@ def _controller(app: App, stop: threading.Event, parts: _Parts, *,
     consumer = Consumer(bus=app.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=handle)
     parts.threads.append(_consume(stop, consumer, "controller", retry_s=app.settings.poll_interval_s))
     parts.relays = True  # Consumer.run relays the outbox before every pull
-    _gateway_routes(app, stop, parts)
+    _gateway_routes(app, stop, parts, registry)
     for model, version in controller.resume_all():
         try:
             controller.reconcile(model, version)
@@ -107,7 +107,7 @@ def _controller(app: App, stop: threading.Event, parts: _Parts, *,
             log.warning("resume.failed", model=model, version=version, error=str(error))
 
 
-def _gateway_routes(app: App, stop: threading.Event, parts: _Parts) -> None:
+def _gateway_routes(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegistry) -> None:
     """With Kubernetes serving and ``RELEASE_GATEWAY``: keep the HTTPRoutes level with aliases and canary weights.
 
     A subscription of its own, so a failed apply is retried without redelivering the controller's events; a
@@ -123,7 +123,7 @@ def _gateway_routes(app: App, stop: threading.Event, parts: _Parts) -> None:
     writer = GatewayRouteWriter(namespace=settings.k8s_namespace,
                                 gateway=GatewayRef.parse(settings.gateway, hostnames=settings.gateway_hostnames))
     parts.closers.append(writer.close)
-    sync = RouteSync(engine=app.engine, writer=writer)
+    sync = RouteSync(engine=app.engine, writer=writer, registry=registry)
     app.bus.ensure_subscription(SubscriptionSpec(name=ROUTE_SUBSCRIPTION, topic=Topic.MODEL_EVENTS,
                                                  ack_deadline_s=settings.ack_deadline_s,
                                                  max_attempts=settings.max_attempts))
@@ -173,7 +173,7 @@ def _router(app: App, parts: _Parts, registry: CollectorRegistry) -> RouteTable:
 
 def _all(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegistry) -> None:
     table = _router(app, parts, registry)
-    _controller(app, stop, parts, on_alias_moved=table.invalidate)
+    _controller(app, stop, parts, registry, on_alias_moved=table.invalidate)
     _monitor(app, stop, parts, registry)
     _intake(app, stop, parts)
     parts.routes += [*management_routes(app), *console_routes(app)]
@@ -187,7 +187,7 @@ def _assemble(app: App, role: str, stop: threading.Event, registry: CollectorReg
         parts.threads.append(_loop(stop, every, lambda: (app.intake.reconcile(), app.controller.retire_superseded()),
                                    "reconcile"))
     elif role == "controller":
-        _controller(app, stop, parts, on_alias_moved=None)
+        _controller(app, stop, parts, registry, on_alias_moved=None)
         parts.threads.append(_loop(stop, every, app.controller.retire_superseded, "retire"))
     elif role == "monitor":
         _monitor(app, stop, parts, registry)

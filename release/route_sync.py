@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
+from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -92,15 +93,22 @@ def desired_routes(session: Session, model: str) -> list[AliasRoute]:
 class RouteSync:
     """Reads the registry's routes of a model and has the writer apply them."""
 
-    def __init__(self, *, engine: Engine, writer: RouteWriter) -> None:
+    def __init__(self, *, engine: Engine, writer: RouteWriter, registry: CollectorRegistry | None = None) -> None:
         self._engine = engine
         self._writer = writer
+        self._syncs = Counter("gateway_route_syncs", "Route syncs of a model by outcome (applied, failed)",
+                              ["outcome"], registry=registry if registry is not None else CollectorRegistry())
 
     def sync(self, model: str) -> list[AliasRoute]:
         """Apply the model's current routes; returns them."""
         with session_scope(self._engine) as session:
             routes = desired_routes(session, model)
-        self._writer.apply(model, routes)
+        try:
+            self._writer.apply(model, routes)
+        except Exception:
+            self._syncs.labels("failed").inc()
+            raise
+        self._syncs.labels("applied").inc()
         log.info("routes.synced", model=model,
                  routes={r.alias: {b.version: b.weight for b in r.backends} for r in routes})
         return routes

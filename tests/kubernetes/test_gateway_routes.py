@@ -14,6 +14,7 @@ import jsonschema  # type: ignore[import-untyped]  # no stubs installed
 import kmock
 import pytest
 from kubernetes import client
+from prometheus_client import CollectorRegistry
 from sqlalchemy.engine import Engine
 
 from release.adapters.gateway_routes import GatewayRouteWriter
@@ -44,11 +45,18 @@ def writer(api_client: client.ApiClient) -> GatewayRouteWriter:
 
 
 @pytest.fixture
-def release(sqlite_engine: Engine, writer: GatewayRouteWriter) -> Iterator[tuple[LocalEventBus, Consumer]]:
+def metrics() -> CollectorRegistry:
+    """The registry the route sync counts its syncs in."""
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def release(sqlite_engine: Engine, writer: GatewayRouteWriter,
+            metrics: CollectorRegistry) -> Iterator[tuple[LocalEventBus, Consumer]]:
     """A bus with the route sync's subscription, and its consumer driving the sync."""
     bus = LocalEventBus(session_factory=session_factory(sqlite_engine))
     bus.ensure_subscription(SubscriptionSpec(name=ROUTE_SUBSCRIPTION, topic=Topic.MODEL_EVENTS))
-    sync = RouteSync(engine=sqlite_engine, writer=writer)
+    sync = RouteSync(engine=sqlite_engine, writer=writer, registry=metrics)
     yield bus, Consumer(bus=bus, subscription=ROUTE_SUBSCRIPTION, handler=sync.handle)
     bus.close()
 
@@ -141,7 +149,8 @@ def test_every_route_has_the_gateway_api_v1_shape(sqlite_engine: Engine, release
 
 def test_canary_promotion_and_rollback_move_the_weights(sqlite_engine: Engine,
                                                         release: tuple[LocalEventBus, Consumer],
-                                                        api_client: client.ApiClient) -> None:
+                                                        api_client: client.ApiClient,
+                                                        metrics: CollectorRegistry) -> None:
     """canary.step shifts PROD 90/10 then 50/50, promotion gives v2 all, rollback gives v1 all again."""
     bus, consumer = release
     register(sqlite_engine, "digits", "1", "2")
@@ -164,6 +173,8 @@ def test_canary_promotion_and_rollback_move_the_weights(sqlite_engine: Engine,
     move(sqlite_engine, bus, "digits", "PROD", "1", clear_canary=True, rolled_back_from="2")
     _drain(bus, consumer)
     assert _weights(api_client, "digits", "PROD") == {"1": 100}
+    # One sync per route event: the first move, two steps, the promotion, the rollback's move and its event.
+    assert metrics.get_sample_value("gateway_route_syncs_total", {"outcome": "applied"}) == 6
 
 
 def test_route_of_an_unset_alias_is_deleted_and_other_models_kept(
