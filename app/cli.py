@@ -17,6 +17,7 @@ import structlog
 
 from app.cli_monitoring import register as register_monitoring
 from app.cli_policy import register as register_policy
+from app.cli_routes import register as register_routes
 from app.operator import whoami
 from app.output import cell, emit, plain, table
 from release import journal, registry
@@ -24,6 +25,8 @@ from release.bootstrap import App, bootstrap, controller_subscriptions, wants_gp
 from release.controller import Step
 from release.db import session_scope
 from release.identity import new_token
+from release.ports import SubscriptionSpec
+from release.route_sync import ROUTE_SUBSCRIPTION
 from release.settings import Settings
 from schemas.errors import ReleaseError
 from schemas.events import Topic
@@ -193,6 +196,9 @@ def cmd_setup(app: App, args: argparse.Namespace) -> int:
     settings = app.settings
     specs = [*controller_subscriptions(settings),
              *monitor_subscriptions(ack_deadline_s=settings.ack_deadline_s, max_attempts=settings.max_attempts)]
+    if settings.serving == "kubernetes" and settings.gateway:
+        specs.append(SubscriptionSpec(name=ROUTE_SUBSCRIPTION, topic=Topic.MODEL_EVENTS,
+                                      ack_deadline_s=settings.ack_deadline_s, max_attempts=settings.max_attempts))
     topics = list(Topic)
     try:
         app.bus.setup(topics, specs)
@@ -219,6 +225,7 @@ def cmd_deploy_render(app: App, args: argparse.Namespace) -> int:
     # The model's policy decides (one nvidia-l4 GPU by default) unless --gpu/--no-gpu or RELEASE_GPU=off says.
     spec = deployment_spec(view, gpu=args.gpu if args.gpu is not None else wants_gpu(app.settings))
     options = ServingOptions(image=args.image or app.settings.k8s_image,
+                             model_source=args.model_source or app.settings.k8s_model_source,
                              **({"accelerator": args.accelerator} if args.accelerator else {}))
     manifests = render_version(spec, namespace=args.namespace or app.settings.k8s_namespace, options=options)
     if args.json:
@@ -271,6 +278,9 @@ def _add_deploy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--accelerator", help="GKE accelerator label value, e.g. nvidia-l4")
     p.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="request GPUs (default: the model's serving policy; none under RELEASE_GPU=off)")
+    p.add_argument("--model-source", choices=["init-container", "gcsfuse"],
+                   help="how pods get the model files; default: RELEASE_K8S_MODEL_SOURCE")
+    register_routes(deploy_sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,9 @@ Roles (``ROLES``), each a set of threads plus routes served on ``RELEASE_PORT`` 
 
 * ``controller``: the controller's consumers of ``model-events`` (which also relays the outbox) and of
   ``release-ticks``, and a timer publishing a tick every ``RELEASE_TICK_INTERVAL_S`` (the safety net that wakes
-  versions whose due event was lost and retires superseded versions after their grace period);
+  versions whose due event was lost and retires superseded versions after their grace period); with
+  Kubernetes serving and ``RELEASE_GATEWAY``, the Gateway route sync (``release.route_sync``: HTTPRoutes per
+  alias, its own ``gateway-routes`` subscription);
 * ``router``: the prediction router, its prediction-log publisher and an outbox relay;
 * ``api``: the token-protected management API, the read API and dashboard (``app.console``) and an outbox relay;
 * ``monitor``: the drift monitor's consumer of ``prediction-logs`` and its window flush;
@@ -41,11 +43,13 @@ from app.management_api import management_routes
 from monitoring.monitor import MONITOR_SUBSCRIPTION, PROFILE_SUBSCRIPTION, DriftMonitor, subscriptions
 from release.adapters.local_bucket import LocalBucketWatcher, LocalFolderStore
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, TICKS_SUBSCRIPTION, App, default_policy
+from release.ports import SubscriptionSpec
+from release.route_sync import ROUTE_SUBSCRIPTION, RouteSync
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
 from release.waits import publish_tick
 from release.worker import Consumer
 from schemas.errors import ReleaseError
-from schemas.events import CloudEvent, EventType
+from schemas.events import CloudEvent, EventType, Topic
 from schemas.tables import utcnow
 
 log = structlog.get_logger(__name__)
@@ -85,7 +89,7 @@ class _Parts:
     relays: bool = False
 
 
-def _controller(app: App, stop: threading.Event, parts: _Parts, *,
+def _controller(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegistry, *,
                 on_alias_moved: Callable[[str | None], None] | None) -> None:
     app.ensure_subscriptions()
     controller = app.controller
@@ -104,11 +108,37 @@ def _controller(app: App, stop: threading.Event, parts: _Parts, *,
     parts.threads.append(_loop(stop, app.settings.tick_interval_s,
                                lambda: publish_tick(app.engine, app.bus, utcnow()), "ticker"))
     parts.relays = True  # Consumer.run relays the outbox before every pull
+    _gateway_routes(app, stop, parts, registry)
     for model, version in controller.resume_all():
         try:
             controller.reconcile(model, version)
         except ReleaseError as error:
             log.warning("resume.failed", model=model, version=version, error=str(error))
+
+
+def _gateway_routes(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegistry) -> None:
+    """With Kubernetes serving and ``RELEASE_GATEWAY``: keep the HTTPRoutes level with aliases and canary weights.
+
+    A subscription of its own, so a failed apply is retried without redelivering the controller's events; a
+    periodic pass (at once, then every reconcile interval) mends whatever an event never reported. Otherwise
+    nothing runs: the Python router reads the registry itself.
+    """
+    settings = app.settings
+    if settings.serving != "kubernetes" or not settings.gateway:
+        return
+    from release.adapters.gateway_routes import GatewayRouteWriter
+    from release.adapters.k8s_routes import GatewayRef
+
+    writer = GatewayRouteWriter(namespace=settings.k8s_namespace,
+                                gateway=GatewayRef.parse(settings.gateway, hostnames=settings.gateway_hostnames))
+    parts.closers.append(writer.close)
+    sync = RouteSync(engine=app.engine, writer=writer, registry=registry)
+    app.bus.ensure_subscription(SubscriptionSpec(name=ROUTE_SUBSCRIPTION, topic=Topic.MODEL_EVENTS,
+                                                 ack_deadline_s=settings.ack_deadline_s,
+                                                 max_attempts=settings.max_attempts))
+    consumer = Consumer(bus=app.bus, subscription=ROUTE_SUBSCRIPTION, handler=sync.handle)
+    parts.threads.append(_consume(stop, consumer, "gateway-routes", retry_s=settings.poll_interval_s))
+    parts.threads.append(_loop(stop, settings.reconcile_interval_s, sync.sync_all, "gateway-resync"))
 
 
 def _monitor(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegistry) -> None:
@@ -152,7 +182,7 @@ def _router(app: App, parts: _Parts, registry: CollectorRegistry) -> RouteTable:
 
 def _all(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegistry) -> None:
     table = _router(app, parts, registry)
-    _controller(app, stop, parts, on_alias_moved=table.invalidate)
+    _controller(app, stop, parts, registry, on_alias_moved=table.invalidate)
     _monitor(app, stop, parts, registry)
     _intake(app, stop, parts)
     parts.routes += [*management_routes(app), *console_routes(app)]
@@ -165,7 +195,7 @@ def _assemble(app: App, role: str, stop: threading.Event, registry: CollectorReg
         _all(app, stop, parts, registry)
         parts.threads.append(_loop(stop, every, app.intake.reconcile, "reconcile"))
     elif role == "controller":
-        _controller(app, stop, parts, on_alias_moved=None)
+        _controller(app, stop, parts, registry, on_alias_moved=None)
     elif role == "monitor":
         _monitor(app, stop, parts, registry)
     elif role == "intake":

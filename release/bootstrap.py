@@ -70,7 +70,8 @@ def _kubernetes_serving(settings: Settings) -> ServingBackend:
     from release.adapters.kubernetes_serving import KubernetesServingBackend
 
     return KubernetesServingBackend(namespace=settings.k8s_namespace,
-                                    options=ServingOptions(image=settings.k8s_image))
+                                    options=ServingOptions(image=settings.k8s_image,
+                                                           model_source=settings.k8s_model_source))
 
 
 STORES: dict[str, Callable[[Settings], ArtifactStore]] = {"gs": _gcs_store, "file": _folder_store}

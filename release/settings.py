@@ -69,6 +69,14 @@ class Settings(BaseSettings):
         "it must be traversable by the pod user, which RELEASE_HOME, mode 0700, is not)."))
     k8s_namespace: str = Field(default="model-release", description="Namespace for Kubernetes serving pods.")
     k8s_image: str = Field(default="ghcr.io/modelrelease/pod:latest", description="Serving pod image.")
+    k8s_model_source: Literal["init-container", "gcsfuse"] = Field(
+        default="init-container", description="How Kubernetes serving pods get model files: an init container's copy "
+                                              "(default), or a read-only Cloud Storage FUSE mount (GKE's CSI driver).")
+    gateway: str = Field(
+        default="", description="Kubernetes serving: NAME/NAMESPACE of the Gateway that the controller attaches one "
+                                "HTTPRoute per model alias to, weighted as canaries go; empty = no HTTPRoutes.")
+    gateway_hostnames: str = Field(default="", description="Comma-separated hostnames the HTTPRoutes match; empty = "
+                                                           "every hostname of the Gateway's listener.")
     storage_emulator_host: str = Field(default="", validation_alias="STORAGE_EMULATOR_HOST",
                                        description="Google's own variable: a GCS emulator to talk to instead.")
     relay_topics: str = Field(

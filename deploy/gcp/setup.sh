@@ -30,16 +30,26 @@ FUNCTION="${FUNCTION:-release-intake}"
 INTAKE_MODULE="${INTAKE_MODULE:-functions.main}"
 IMAGE_TAG="${IMAGE_TAG:-$(git rev-parse --short HEAD 2>/dev/null || echo latest)}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
+# Gateway API routing: 1 = the controller keeps one HTTPRoute per model alias on deploy/k8s/gateway.yaml's
+# Gateway (RELEASE_GATEWAY); 0 = only the Python router routes. The Gateway API is enabled on the cluster either way.
+GATEWAY_ROUTING="${GATEWAY_ROUTING:-1}"
+# The regional proxy-only subnet that gke-l7-rilb's proxies use; deploy/k8s/gateway.yaml admits this range.
+PROXY_SUBNET="${PROXY_SUBNET:-release-proxy-only}"
+PROXY_SUBNET_RANGE="${PROXY_SUBNET_RANGE:-10.129.0.0/23}"
+# How serving pods get model files: init-container (copy, the default) or gcsfuse (Cloud Storage FUSE CSI mount;
+# the driver is on by default in Autopilot).
+MODEL_SOURCE="${MODEL_SOURCE:-init-container}"
 
 TOPICS=(model-events prediction-logs drift-metrics alerts release-ticks)
-# subscription:topic pairs, named as the services ensure them (release/bootstrap.py, monitoring/monitor.py).
-SUBSCRIPTIONS=(controller:model-events controller-ticks:release-ticks drift-profiles:model-events
-               drift-monitor:prediction-logs)
+# subscription:topic pairs, named as the services ensure them (release/bootstrap.py, release/route_sync.py,
+# monitoring/monitor.py).
+SUBSCRIPTIONS=(controller:model-events controller-ticks:release-ticks gateway-routes:model-events
+  drift-profiles:model-events drift-monitor:prediction-logs)
 # What each workload identity may do on Pub/Sub, by name: role=publish-topics|consume-subscriptions. A role
 # publishes only what it journals (its RELEASE_RELAY_TOPICS in deploy/k8s) and the dead-letter topics of the
 # subscriptions it consumes; nobody holds pubsub.editor, so the router cannot publish a rollback request.
 GRANTS=(
-  "release-control-plane=model-events,model-events-dead-letter,release-ticks,release-ticks-dead-letter|controller,controller-ticks"
+  "release-control-plane=model-events,model-events-dead-letter,release-ticks,release-ticks-dead-letter|controller,controller-ticks,gateway-routes"
   "release-router=prediction-logs|"
   "release-api=model-events,drift-metrics|"
   "release-monitor=drift-metrics,alerts,model-events,model-events-dead-letter,prediction-logs-dead-letter|drift-monitor,drift-profiles"
@@ -249,6 +259,25 @@ create_cluster() {
   gcloud container clusters get-credentials "$CLUSTER" --region "$REGION" --project "$PROJECT_ID"
 }
 
+enable_gateway() {
+  log "Gateway API on ${CLUSTER} (GKE gateway classes) and the proxy-only subnet of gke-l7-rilb"
+  local channel existing
+  channel="$(gcloud container clusters describe "$CLUSTER" --region "$REGION" --project "$PROJECT_ID" \
+    --format 'value(networkConfig.gatewayApiConfig.channel)')"
+  [[ "$channel" == "CHANNEL_STANDARD" ]] ||
+    gcloud container clusters update "$CLUSTER" --region "$REGION" --project "$PROJECT_ID" --gateway-api=standard
+  # One active proxy-only subnet per region and network: keep one that exists, whatever its name.
+  existing="$(gcloud compute networks subnets list --project "$PROJECT_ID" --network "$NETWORK" \
+    --regions "$REGION" --filter 'purpose=REGIONAL_MANAGED_PROXY' --format 'value(ipCidrRange)')"
+  if [[ -z "$existing" ]]; then
+    gcloud compute networks subnets create "$PROXY_SUBNET" --project "$PROJECT_ID" --region "$REGION" \
+      --network "$NETWORK" --range "$PROXY_SUBNET_RANGE" --purpose REGIONAL_MANAGED_PROXY --role ACTIVE
+  elif [[ "$existing" != "$PROXY_SUBNET_RANGE" ]]; then
+    echo "warning: the proxy-only subnet is ${existing}, not ${PROXY_SUBNET_RANGE}: set PROXY_SUBNET_RANGE and" \
+      "the first ipBlock of deploy/k8s/gateway.yaml to it, or the Gateway cannot reach the model pods" >&2
+  fi
+}
+
 grant_workloads() {
   log "IAM for the cluster's service accounts (Workload Identity Federation for GKE)"
   local grant ksa topics subscriptions topic subscription
@@ -293,6 +322,12 @@ grant_model() {
   gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --quiet >/dev/null \
     --member "$(ksa_principal "$ksa")" --role roles/storage.objectViewer \
     --condition "title=model-${model}-only,expression=resource.name.startsWith(\"projects/_/buckets/${BUCKET}/objects/models/${model}/\")"
+  if [[ "$MODEL_SOURCE" == "gcsfuse" ]]; then
+    # A FUSE mount lists its prefix, and listing is checked against the bucket, which an object-name condition
+    # cannot match: the model's pods may then list object names bucket-wide (still read only their own objects).
+    gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --quiet >/dev/null \
+      --member "$(ksa_principal "$ksa")" --role roles/storage.legacyBucketReader
+  fi
 }
 
 deploy_control_plane() {
@@ -304,7 +339,10 @@ deploy_control_plane() {
     --from-literal "RELEASE_GCP_PROJECT=${PROJECT_ID}" \
     --from-literal RELEASE_SERVING=kubernetes \
     --from-literal "RELEASE_K8S_NAMESPACE=${NAMESPACE}" \
-    --from-literal "RELEASE_K8S_IMAGE=${POD_IMAGE}" | kubectl apply -f -
+    --from-literal "RELEASE_K8S_IMAGE=${POD_IMAGE}" \
+    --from-literal "RELEASE_K8S_MODEL_SOURCE=${MODEL_SOURCE}" \
+    --from-literal "RELEASE_GATEWAY=$([[ "$GATEWAY_ROUTING" == "1" ]] && echo "release-gateway/${NAMESPACE}")" |
+    kubectl apply -f -
   kubectl -n "$NAMESPACE" create secret generic release-secrets --dry-run=client -o yaml \
     --from-literal "db-url=$(secret_value release-db-url)" \
     --from-literal "api-token=$(secret_value release-api-token)" | kubectl apply -f -
@@ -368,6 +406,7 @@ main() {
   build_images
   deploy_intake_function
   create_cluster
+  enable_gateway
   grant_workloads
   deploy_control_plane
   create_dashboard

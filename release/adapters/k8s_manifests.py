@@ -5,11 +5,13 @@ print exactly what the Kubernetes serving backend would apply and tests can vali
 Kubernetes OpenAPI schemas offline. ``kubernetes_serving`` applies what this module renders; what the
 objects are called and how they are labelled comes from ``k8s_names``.
 
-Model files reach the pod in one of two ways (``ServingOptions.model_source``):
+Model files reach the pod in one of three ways (``ServingOptions.model_source``):
 
 * ``init-container`` (default): an init container from the ``google-cloud-cli`` image copies the artifact
   with ``gcloud storage`` into an ``emptyDir`` before the server starts; the server only reads local files.
   The pods' Kubernetes service account is granted read access to the bucket through Workload Identity.
+* ``gcsfuse``: a read-only Cloud Storage FUSE mount of the version's prefix (GKE's CSI driver), checked against
+  the registered digest before the pod serves; ``k8s_model_files`` says how the trust boundary holds.
 * ``gcs-direct``: the server gets the ``gs://`` URI as ``--artifact`` and fetches it itself. This needs a pod
   server that reads ``gs://``; ``handlers.server`` today takes a local path, hence the default above.
 
@@ -27,15 +29,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from release.adapters.k8s_model_files import GCSFUSE_ANNOTATIONS, MODELS_DIR, artifact_source, fuse_mount
 from release.adapters.k8s_names import metadata, object_name, selector_labels
 from release.ports import DeploymentSpec
-from schemas.errors import PermanentError, Reason
 
 Manifest = dict[str, Any]
 
 SERVER_PORT = 8080
 
-_MODELS_DIR = "/models"
 _TMP_DIR = "/tmp"  # noqa: S108 - an emptyDir mounted there, not the image's shared /tmp
 _SERVER_CONTAINER = "server"
 _FETCH_CONTAINER = "fetch-model"
@@ -74,7 +75,7 @@ class ServingOptions:
     """Overrides every version's ``serving.accelerator`` (GKE label value, e.g. ``nvidia-h100-80gb``)."""
     tolerations: tuple[Toleration, ...] = ()
     ephemeral_storage: str = "20Gi"  # the server container's node-local disk; CPU and memory: the policy's
-    model_source: Literal["init-container", "gcs-direct"] = "init-container"
+    model_source: Literal["init-container", "gcsfuse", "gcs-direct"] = "init-container"
     fetch_image: str = "gcr.io/google.com/cloudsdktool/google-cloud-cli:slim"
     """Image of the init container that copies the artifact (``init-container`` mode)."""
     fetch_resources: Resources = Resources(cpu="500m", memory="1Gi", ephemeral_storage="1Gi")
@@ -125,24 +126,7 @@ def _container_security() -> dict[str, Any]:
 
 
 def _mounts() -> list[dict[str, Any]]:
-    return [{"name": "models", "mountPath": _MODELS_DIR}, {"name": "tmp", "mountPath": _TMP_DIR}]
-
-
-def _artifact_source(artifact_uri: str) -> tuple[str, str]:
-    """The artifact's ``gs://`` URI without a trailing slash and where the pod finds it locally.
-
-    The local path is fixed rather than derived from the version, so a version such as ``..`` can never
-    point the server outside the volume.
-    """
-    if not artifact_uri.startswith("gs://"):
-        raise PermanentError(
-            f"Kubernetes pods read artifacts from Cloud Storage, not from {artifact_uri!r}",
-            reason=Reason.ROLLOUT_FAILED,
-            hint="Set RELEASE_BUCKET to gs://BUCKET[/PREFIX] when RELEASE_SERVING=kubernetes.",
-        )
-    source = artifact_uri.rstrip("/")
-    local = f"{_MODELS_DIR}/artifact.mar" if source.endswith(".mar") else f"{_MODELS_DIR}/artifact"
-    return source, local
+    return [{"name": "models", "mountPath": MODELS_DIR}, {"name": "tmp", "mountPath": _TMP_DIR}]
 
 
 # Positional parameters: $1 the artifact's gs:// URI, $2 the local path, then (file, generation) pairs.
@@ -209,7 +193,7 @@ def _server_args(spec: DeploymentSpec, artifact: str, options: ServingOptions) -
         "--max-batch-delay-ms", f"{spec.max_batch_delay_ms:g}",
         "--http-workers", str(spec.http_workers),
         "--drain-timeout-s", str(options.drain_s),
-        "--work-dir", f"{_MODELS_DIR}/work",  # .mar archives unpack here: the root filesystem is read-only
+        "--work-dir", f"{MODELS_DIR}/work",  # .mar archives unpack here: the root filesystem is read-only
         "--log-format", "json",
     ]
     if spec.digest:
@@ -219,7 +203,8 @@ def _server_args(spec: DeploymentSpec, artifact: str, options: ServingOptions) -
     return args
 
 
-def _server_container(spec: DeploymentSpec, artifact: str, options: ServingOptions) -> dict[str, Any]:
+def _server_container(spec: DeploymentSpec, artifact: str, options: ServingOptions,
+                      mounts: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "name": _SERVER_CONTAINER,
         "image": options.image,
@@ -233,7 +218,7 @@ def _server_container(spec: DeploymentSpec, artifact: str, options: ServingOptio
                                           ephemeral_storage=options.ephemeral_storage),
                                 gpus=max(1, spec.gpus) if spec.gpu else 0),
         "securityContext": _container_security(),
-        "volumeMounts": _mounts(),
+        "volumeMounts": mounts,
         # Readiness flips when the model is loaded; liveness only asks whether the process answers.
         "startupProbe": _probe("/v2/health/live", period_s=5,
                                failures=max(1, options.startup_timeout_s // 5)),
@@ -262,13 +247,16 @@ def _scheduling(spec: DeploymentSpec, options: ServingOptions) -> dict[str, Any]
 
 
 def _pod_spec(spec: DeploymentSpec, options: ServingOptions) -> dict[str, Any]:
+    source, local = artifact_source(spec.artifact_uri)
+    init: list[dict[str, Any]] = []
+    artifact, mounts = source, _mounts()
+    volumes: list[dict[str, Any]] = [{"name": "models", "emptyDir": {"sizeLimit": options.model_volume_limit}},
+                                     {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
     if options.model_source == "init-container":
-        source, local = _artifact_source(spec.artifact_uri)
-        init = [_fetch_container(source, local, options, spec.generations)]
-        artifact = local
-    else:
-        source, _ = _artifact_source(spec.artifact_uri)
-        init, artifact = [], source
+        init, artifact = [_fetch_container(source, local, options, spec.generations)], local
+    elif options.model_source == "gcsfuse":
+        fuse = fuse_mount(source, digest=spec.digest)
+        artifact, mounts, volumes = fuse.artifact, [*mounts, fuse.mount], [*volumes, fuse.volume]
     pod: dict[str, Any] = {
         "serviceAccountName": f"{options.service_account_prefix}{spec.model}",
         # One Service per version in the namespace: injected service env vars would grow with every release.
@@ -281,11 +269,8 @@ def _pod_spec(spec: DeploymentSpec, options: ServingOptions) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": options.prestop_delay_s + options.drain_s + 5,
-        "containers": [_server_container(spec, artifact, options)],
-        "volumes": [
-            {"name": "models", "emptyDir": {"sizeLimit": options.model_volume_limit}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-        ],
+        "containers": [_server_container(spec, artifact, options, mounts)],
+        "volumes": volumes,
         **_scheduling(spec, options),
     }
     if init:
@@ -307,7 +292,9 @@ def _deployment(spec: DeploymentSpec, *, namespace: str, options: ServingOptions
             "revisionHistoryLimit": 2,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
-                "metadata": {"labels": meta["labels"], "annotations": meta["annotations"]},
+                # The FUSE annotation has GKE inject the Cloud Storage FUSE sidecar into the pods.
+                "metadata": {"labels": meta["labels"], "annotations": {
+                    **meta["annotations"], **(GCSFUSE_ANNOTATIONS if options.model_source == "gcsfuse" else {})}},
                 "spec": _pod_spec(spec, options),
             },
         },

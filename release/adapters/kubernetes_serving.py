@@ -62,7 +62,8 @@ class _Kind:
     delete: Callable[[str], Any]
 
 
-def _default_client(*, kubeconfig: str | None, context: str | None) -> client.ApiClient:
+def default_client(*, kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """An API client from in-cluster credentials when both are None and inside a pod, else the kubeconfig."""
     # The config loaders are untyped; each fills `configuration` and returns nothing we use.
     configuration = client.Configuration()
     if kubeconfig is None and context is None:
@@ -115,7 +116,7 @@ class KubernetesServingBackend:
     ) -> None:
         """Use ``api_client`` when given; else in-cluster credentials, else ``kubeconfig``/``context``."""
         self._owns_client = api_client is None
-        self._api = api_client or _default_client(kubeconfig=kubeconfig, context=context)
+        self._api = api_client or default_client(kubeconfig=kubeconfig, context=context)
         self._namespace = namespace
         self._options = options
         self._field_manager = field_manager

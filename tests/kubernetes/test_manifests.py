@@ -16,6 +16,7 @@ from release.adapters.k8s_manifests import ServingOptions, Toleration, render_ve
 from release.adapters.k8s_names import label_value, object_name
 from release.ports import DeploymentSpec
 from schemas.errors import PermanentError
+from tests.kubernetes.gateway_schemas import CRD_SCHEMAS
 
 K8S_VERSION = "1.37.0"
 DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -84,6 +85,9 @@ def validate(obj: dict[str, Any]) -> None:
     """Validate one rendered object, raising with only the schema's message (its full dump is pages long)."""
     if obj["kind"] == "PodMonitoring":
         jsonschema.validate(obj, PODMONITORING_SCHEMA)
+        return
+    if obj["kind"] in CRD_SCHEMAS:
+        jsonschema.validate(obj, CRD_SCHEMAS[obj["kind"]])
         return
     try:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

@@ -17,13 +17,15 @@ from typing import Any
 
 import kmock
 
-#: The kinds the serving backend manages (and the pods tests look at).
+#: The kinds the serving backend and the Gateway route sync manage (and the pods tests look at).
 RESOURCES = (
     "apps/v1/deployments",
     "v1/services",
     "v1/pods",
     "autoscaling/v2/horizontalpodautoscalers",
     "monitoring.googleapis.com/v1/podmonitorings",
+    "gateway.networking.k8s.io/v1/httproutes",
+    "networking.gke.io/v1/healthcheckpolicies",
 )
 
 
