@@ -26,6 +26,8 @@ from schemas.events import Topic
 from schemas.policy import ReleasePolicy
 
 CONTROLLER_SUBSCRIPTION = "controller"
+#: On ``alerts``: the rollback requests the drift monitor raises, applied by ``Controller.react_to_alert``.
+ROLLBACK_SUBSCRIPTION = "rollbacks"
 
 
 def _folder_store(settings: Settings) -> ArtifactStore:
@@ -122,15 +124,20 @@ class App:
 
     def ensure_subscriptions(self) -> None:
         """The subscriptions the control plane consumes."""
-        self.bus.ensure_subscription(SubscriptionSpec(name=CONTROLLER_SUBSCRIPTION, topic=Topic.MODEL_EVENTS,
-                                                      ack_deadline_s=self.settings.ack_deadline_s,
-                                                      max_attempts=self.settings.max_attempts))
+        for name, topic in ((CONTROLLER_SUBSCRIPTION, Topic.MODEL_EVENTS), (ROLLBACK_SUBSCRIPTION, Topic.ALERTS)):
+            self.bus.ensure_subscription(SubscriptionSpec(name=name, topic=topic,
+                                                          ack_deadline_s=self.settings.ack_deadline_s,
+                                                          max_attempts=self.settings.max_attempts))
+
+    def release_consumers(self) -> list[Consumer]:
+        """The controller's consumers: model events, and the rollback requests on ``alerts``."""
+        return [Consumer(bus=self.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=self.controller.handle),
+                Consumer(bus=self.bus, subscription=ROLLBACK_SUBSCRIPTION, handler=self.controller.react_to_alert)]
 
     def drain_controller(self) -> int:
         """Handle model events until the controller's subscription is idle; returns how many were handled."""
         self.ensure_subscriptions()
-        consumer = Consumer(bus=self.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=self.controller.handle)
-        return run_until_idle([consumer], bus=self.bus)
+        return run_until_idle(self.release_consumers(), bus=self.bus)
 
     def close(self) -> None:
         """Stop local pods and release connections."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -38,6 +39,7 @@ from schemas.events import (
     CloudEvent,
     EventType,
     GatesEvaluatedData,
+    RollbackRequestedData,
     RolledBackData,
     RolloutData,
     make_event,
@@ -77,13 +79,21 @@ class Controller:
     # ------------------------------------------------------------------------------------------ entry points
     def handle(self, event: CloudEvent) -> Step | None:
         """React to one event of ``model-events``: reconcile the version it names."""
-        if event.type == EventType.ROLLBACK_REQUESTED:
-            data = event.data
-            return self.rollback(data["model"], actor=str(data.get("actor", "unknown")),
-                                 reason=str(data.get("reason", "")), expected_version=data.get("version"))
         if event.model is None or event.version is None:
             return None
         return self.reconcile(event.model, event.version)
+
+    def react_to_alert(self, event: CloudEvent) -> Step | None:
+        """The one reaction to the ``alerts`` topic: a ``release.rollback_requested`` (the monitor's verdict under
+        the model's drift policy) rolls PROD back, unless PROD already moved off the version it names."""
+        if event.type != EventType.ROLLBACK_REQUESTED:
+            return None
+        try:
+            data = RollbackRequestedData.model_validate(event.data)
+        except ValidationError as error:
+            raise PermanentError(f"invalid rollback request: {error.errors()[0]['msg']}",
+                                 reason=Reason.EVENT_INVALID) from error
+        return self.rollback(data.model, actor=data.actor, reason=data.reason, expected_version=data.version)
 
     def reconcile(self, model: str, version: str) -> Step | None:
         """Take the one step the version's stored state calls for."""
