@@ -10,7 +10,8 @@
 #
 # Usage: PROJECT_ID=my-project deploy/gcp/setup.sh                 (from the repository root, gcloud logged in)
 #        PROJECT_ID=my-project deploy/gcp/setup.sh grant-model NAME (onboard a model: its pods' identity)
-# Every setting below can be overridden from the environment.
+# Every setting below can be overridden from the environment. CONTROL_PLANE=functions deploys the controller and
+# the drift monitor as Cloud Run functions (gen2) on Pub/Sub triggers instead of Deployments (deploy/README.md).
 set -euo pipefail
 
 PROJECT_ID="${PROJECT_ID:?set PROJECT_ID to the Google Cloud project to deploy into}"
@@ -30,18 +31,32 @@ FUNCTION="${FUNCTION:-release-intake}"
 INTAKE_MODULE="${INTAKE_MODULE:-functions.main}"
 IMAGE_TAG="${IMAGE_TAG:-$(git rev-parse --short HEAD 2>/dev/null || echo latest)}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
+# deployments (default): controller and monitor run as Deployments in the cluster; functions: as Cloud Run functions.
+CONTROL_PLANE="${CONTROL_PLANE:-deployments}"
 
 TOPICS=(model-events prediction-logs drift-metrics alerts)
 # subscription:topic pairs, named as the services ensure them (release/bootstrap.py, monitoring/monitor.py).
-SUBSCRIPTIONS=(controller:model-events drift-profiles:model-events drift-monitor:prediction-logs)
+SUBSCRIPTIONS=(controller:model-events rollbacks:alerts drift-profiles:model-events drift-monitor:prediction-logs)
 # What each workload identity may do on Pub/Sub, by name: role=publish-topics|consume-subscriptions. A role
 # publishes only what it journals (its RELEASE_RELAY_TOPICS in deploy/k8s) and the dead-letter topics of the
 # subscriptions it consumes; nobody holds pubsub.editor, so the router cannot publish a rollback request.
 GRANTS=(
-  "release-control-plane=model-events,model-events-dead-letter|controller"
+  "release-control-plane=model-events,model-events-dead-letter,alerts-dead-letter|controller,rollbacks"
   "release-router=prediction-logs|"
   "release-api=model-events,drift-metrics|"
-  "release-monitor=drift-metrics,alerts,model-events,model-events-dead-letter,prediction-logs-dead-letter|drift-monitor,drift-profiles"
+  "release-monitor=drift-metrics,alerts,model-events-dead-letter,prediction-logs-dead-letter|drift-monitor,drift-profiles"
+)
+# CONTROL_PLANE=functions: function=target:topic:identity:max-instances. Each function's identity publishes what
+# its role journals (FUNCTION_TOPICS). The drift monitor keeps its open windows in memory: one instance.
+FUNCTIONS=(
+  "release-controller=on_model_event:model-events:release-fn-controller:10"
+  "release-rollbacks=on_alert:alerts:release-fn-controller:1"
+  "release-drift-profiles=on_registration:model-events:release-fn-monitor:5"
+  "release-drift-monitor=on_prediction_logs:prediction-logs:release-fn-monitor:1"
+)
+FUNCTION_TOPICS=(
+  "release-fn-controller=model-events"
+  "release-fn-monitor=drift-metrics,alerts"
 )
 DEAD_LETTER_SUFFIX="-dead-letter"
 MAX_DELIVERY_ATTEMPTS="${MAX_DELIVERY_ATTEMPTS:-5}"
@@ -239,6 +254,80 @@ deploy_intake_function() {
     --set-secrets "RELEASE_DB_URL=release-db-url:latest"
 }
 
+# stage_functions DIR: the packages a function needs, with functions/main.py's targets at the source root.
+stage_functions() {
+  rm -rf "$1" && mkdir -p "$1"
+  cp -R "$REPO_ROOT/functions" "$REPO_ROOT/release" "$REPO_ROOT/schemas" "$REPO_ROOT/monitoring" "$1/"
+  grep -v '^#' "$REPO_ROOT/deploy/docker/control-plane-requirements.txt" >"$1/requirements.txt"
+  printf 'from functions.main import *  # noqa: F401,F403\n' >"$1/main.py"
+}
+
+function_identity() {
+  local sa="${1}@${PROJECT_ID}.iam.gserviceaccount.com" grant topic
+  exists gcloud iam service-accounts describe "$sa" --project "$PROJECT_ID" ||
+    gcloud iam service-accounts create "$1" --project "$PROJECT_ID" --display-name "Model release ${1#release-fn-}"
+  for grant in "${FUNCTION_TOPICS[@]}"; do
+    [[ "${grant%%=*}" == "$1" ]] || continue
+    for topic in $(tr ',' ' ' <<<"${grant#*=}"); do
+      gcloud pubsub topics add-iam-policy-binding "$topic" --project "$PROJECT_ID" --quiet >/dev/null \
+        --member "serviceAccount:${sa}" --role roles/pubsub.publisher
+    done
+  done
+  gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --quiet >/dev/null \
+    --member "serviceAccount:${sa}" --role roles/storage.objectViewer
+  gcloud secrets add-iam-policy-binding release-db-url --project "$PROJECT_ID" --quiet >/dev/null \
+    --member "serviceAccount:${sa}" --role roles/secretmanager.secretAccessor
+  gcloud projects add-iam-policy-binding "$PROJECT_ID" --condition None --quiet >/dev/null \
+    --member "serviceAccount:${sa}" --role roles/run.invoker
+}
+
+# deploy_release_function NAME TARGET TOPIC IDENTITY MAX_INSTANCES RELAY_TOPICS: a gen2 function on a Pub/Sub
+# trigger with retries, whose trigger subscription dead-letters to TOPIC-dead-letter after MAX_DELIVERY_ATTEMPTS.
+deploy_release_function() {
+  local name="$1" target="$2" topic="$3" sa="${4}@${PROJECT_ID}.iam.gserviceaccount.com" max="$5" relay="$6"
+  local trigger subscription
+  # "^@^" is gcloud's syntax for another list delimiter: RELEASE_RELAY_TOPICS holds commas.
+  gcloud functions deploy "$name" --gen2 --project "$PROJECT_ID" --region "$REGION" \
+    --runtime python311 --source "$WORKDIR/functions" --entry-point "$target" \
+    --trigger-topic "$topic" --trigger-location "$REGION" --retry \
+    --trigger-service-account "$sa" --service-account "$sa" \
+    --vpc-connector "$CONNECTOR" --egress-settings private-ranges-only \
+    --memory 2Gi --timeout 540s --max-instances "$max" --concurrency 1 --cpu 1 \
+    --set-env-vars "^@^RELEASE_BUCKET=gs://${BUCKET}@RELEASE_BUS=pubsub@RELEASE_GCP_PROJECT=${PROJECT_ID}@RELEASE_LOG_FORMAT=json@RELEASE_HOME=/tmp/release@RELEASE_SERVING=kubernetes@RELEASE_K8S_NAMESPACE=${NAMESPACE}@RELEASE_K8S_IMAGE=${POD_IMAGE}@RELEASE_RELAY_TOPICS=${relay}" \
+    --set-secrets "RELEASE_DB_URL=release-db-url:latest"
+  trigger="$(gcloud functions describe "$name" --gen2 --project "$PROJECT_ID" --region "$REGION" \
+    --format 'value(eventTrigger.trigger)')"
+  subscription="$(gcloud eventarc triggers describe "$trigger" --project "$PROJECT_ID" --location "$REGION" \
+    --format 'value(transport.pubsub.subscription)')"
+  gcloud pubsub subscriptions update "$subscription" --project "$PROJECT_ID" \
+    --dead-letter-topic "${topic}${DEAD_LETTER_SUFFIX}" --max-delivery-attempts "$MAX_DELIVERY_ATTEMPTS" \
+    --min-retry-delay 10s --max-retry-delay 600s
+  gcloud pubsub subscriptions add-iam-policy-binding "$subscription" --project "$PROJECT_ID" --quiet >/dev/null \
+    --member "serviceAccount:service-$(project_number)@gcp-sa-pubsub.iam.gserviceaccount.com" \
+    --role roles/pubsub.subscriber
+}
+
+deploy_release_functions() {
+  log "Control plane as Cloud Run functions (gen2): controller, rollbacks, drift profiles, drift monitor"
+  local entry name spec target topic identity max grant relay
+  stage_functions "$WORKDIR/functions"
+  for identity in release-fn-controller release-fn-monitor; do
+    function_identity "$identity"
+  done
+  for entry in "${FUNCTIONS[@]}"; do
+    name="${entry%%=*}"
+    spec="${entry#*=}"
+    IFS=: read -r target topic identity max <<<"$spec"
+    relay=""
+    for grant in "${FUNCTION_TOPICS[@]}"; do
+      if [[ "${grant%%=*}" == "$identity" ]]; then relay="${grant#*=}"; fi
+    done
+    deploy_release_function "$name" "$target" "$topic" "$identity" "$max" "$relay"
+  done
+  # The functions do the Deployments' work: keep the Deployments, without replicas, so switching back is a scale.
+  kubectl -n "$NAMESPACE" scale deployment release-controller release-monitor --replicas 0
+}
+
 create_cluster() {
   log "GKE Autopilot cluster ${CLUSTER} (GPU nodes on demand, Workload Identity, Managed Prometheus)"
   # Autopilot provisions GPU nodes from the pods' accelerator node selector; check the GPU quota of the region.
@@ -369,6 +458,11 @@ main() {
   create_cluster
   grant_workloads
   deploy_control_plane
+  case "$CONTROL_PLANE" in
+    deployments) ;;
+    functions) deploy_release_functions ;;
+    *) echo "CONTROL_PLANE is deployments or functions, not ${CONTROL_PLANE}" >&2; return 2 ;;
+  esac
   create_dashboard
   create_alert_policy
   log "Done. Onboard a model with: deploy/gcp/setup.sh grant-model NAME"
