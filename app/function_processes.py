@@ -2,7 +2,7 @@
 
 Each target runs as Cloud Run would run it: ``functions-framework --target T --source functions/main.py``, one
 process with a single worker (``WORKERS=1``), so the local pods the controller target starts belong to one
-process. A process that dies is started again on a new port and counted; ``/healthz`` reports each target.
+process. A process that dies is started again on its port and counted; ``/healthz`` reports each target.
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ class FunctionProcess:
         return None if self.proc is None else self.proc.pid
 
     def start(self) -> None:
-        """Start the process on a free port (output appended to ``log_dir/TARGET.log``)."""
-        self.port = _free_port()
+        """Start the process (output appended to ``log_dir/TARGET.log``). The port is chosen once and kept across
+        restarts, so push subscriptions keep their endpoint, like a deployed function's URL."""
+        self.port = self.port or _free_port()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with (self.log_dir / f"{self.target}.log").open("ab") as out:
             self.proc = subprocess.Popen(
@@ -128,7 +129,7 @@ class FunctionSupervisor:
             process.wait_listening(self.start_timeout_s)
 
     def url(self, target: str) -> str:
-        """Where ``target`` answers now (it changes when the process is restarted)."""
+        """Where ``target`` answers."""
         with self._lock:
             return self.processes[target].url
 

@@ -49,6 +49,7 @@ from monitoring.monitor import MONITOR_SUBSCRIPTION, PROFILE_SUBSCRIPTION
 from monitoring.service import drift_monitor
 from release.adapters.local_bucket import LocalBucketWatcher, LocalFolderStore
 from release.bootstrap import CONTROLLER_SUBSCRIPTION, ROLLBACK_SUBSCRIPTION, App
+from release.ports import SubscriptionSpec
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
 from release.worker import Consumer
 from schemas.errors import ReleaseError
@@ -184,6 +185,12 @@ def _functions(app: App, stop: threading.Event, parts: _Parts, registry: Collect
             table.invalidate(event.model)
 
     for subscription, topic, target in PUSH_ROUTES:
+        if app.settings.bus == "pubsub":
+            # A real push subscription: Pub/Sub itself POSTs to the function.
+            app.bus.ensure_subscription(SubscriptionSpec(
+                name=subscription, topic=topic, ack_deadline_s=app.settings.ack_deadline_s,
+                max_attempts=app.settings.max_attempts, push_endpoint=supervisor.url(target)))
+            continue
         dispatcher = PushDispatcher(bus=app.bus, subscription=subscription, topic=topic,
                                     locate=functools.partial(supervisor.url, target), project=app.settings.gcp_project,
                                     timeout_s=app.settings.ack_deadline_s,
