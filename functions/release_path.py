@@ -38,17 +38,15 @@ def on_model_event(event: CloudEvent) -> object:
 
 
 @pubsub_target
-def on_registration(event: CloudEvent) -> object:
+def on_registration(event: CloudEvent) -> None:
     """``model.registered`` -> the version's drift reference profile."""
     _monitor().handle_registration(event)
-    return None
 
 
 @pubsub_target
-def on_prediction_logs(event: CloudEvent) -> object:
+def on_prediction_logs(event: CloudEvent) -> None:
     """A batch of prediction records -> drift windows; a window that closes is measured and may alert."""
     _monitor().handle(event)
-    return None
 
 
 @pubsub_target

@@ -2,8 +2,9 @@
 
 The stack runs as a user starts it (``python -m app.cli up --functions``) on the embedded default: a bucket
 folder, SQLite, the local bus and real pods. Versions are dropped one after another, as the demo does, and each
-must reach the demo's end: v1 then v2 ``PROD``, v3 ``REJECTED`` with its gate report. The process tree shows
-one functions-framework process per target and no consumer threads of the release path.
+must reach the demo's end: v1 then v2 ``PROD``, v3 ``REJECTED`` with its gate report, on the local bus and on
+Pub/Sub. The process tree shows one functions-framework process per target and no consumer threads of the
+release path.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from release.db import make_engine, session_scope
 from schemas.states import VersionState
 from tests.e2e.test_embedded_flow import FAST, drop, trained
 from tests.servers.gcs_server import free_port
+from tests.servers.pubsub_server import PubSubServer
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[2]
 class Stack:
     """A running ``release up --functions`` and how to read its store."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], home: Path, url: str) -> None:
-        self.proc, self.home, self.url = proc, home, url
+    def __init__(self, proc: subprocess.Popen[bytes], home: Path, url: str, bus: str) -> None:
+        self.proc, self.home, self.url, self.bus = proc, home, url, bus
         self.engine = make_engine(f"sqlite:///{home / 'release.db'}")
 
     def wait_for(self, version: str, state: VersionState, timeout_s: float = 240.0) -> None:
@@ -68,18 +70,23 @@ class Stack:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-2000:]}" for p in logs if p.exists())
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    """``release up --functions`` under a fresh home, serving on a free port; stopped with SIGTERM after."""
+@pytest.fixture(params=["local", "pubsub"])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """``release up --functions`` under a fresh home, serving on a free port, on the local bus (push dispatchers)
+    or on the local Pub/Sub server (push subscriptions); stopped with SIGTERM after."""
     home, port = tmp_path / "home", free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASE_")}
     env.update({"RELEASE_HOME": str(home), "RELEASE_PORT": str(port), "RELEASE_GPU": "off",
                 "RELEASE_POLICY_JSON": json.dumps(FAST), "RELEASE_LOG_FORMAT": "json",
                 "RELEASE_LOG_LEVEL": "INFO", "RELEASE_POLL_INTERVAL_S": "0.2", "PYTHONPATH": str(ROOT)})
+    if request.param == "pubsub":
+        server = PubSubServer()
+        env.update({"RELEASE_BUS": "pubsub", "PUBSUB_EMULATOR_HOST": server.start()})
+        request.addfinalizer(server.stop)
     with (tmp_path / "up.log").open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", "up", "--functions"], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
-    running = Stack(proc, home, f"http://127.0.0.1:{port}")
+    running = Stack(proc, home, f"http://127.0.0.1:{port}", request.param)
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -124,6 +131,8 @@ def test_functions_stack_takes_the_demo_to_its_end(stack: Stack) -> None:
     health = httpx.get(f"{stack.url}/healthz").json()
     assert {t: f["pid"] for t, f in health["functions"].items()} == {t: p[0] for t, p in processes.items()}
     assert not any(name in health["threads"] for name in ("controller", "drift-monitor", "drift-profiles"))
+    # The local bus is pushed by dispatcher threads; Pub/Sub pushes by itself.
+    assert ("push-controller" in health["threads"]) == (stack.bus == "local")
 
     bucket = stack.home / "bucket"
     for version, kind, end in (("1", "baseline", VersionState.LIVE), ("2", "better", VersionState.LIVE),
