@@ -2,8 +2,9 @@
 
 Roles (``ROLES``), each a set of threads plus routes served on ``RELEASE_PORT`` by uvicorn in the main thread:
 
-* ``controller``: the controller's consumer of ``model-events`` (which also relays the outbox) and a periodic
-  pass that retires superseded versions;
+* ``controller``: the controller's consumers of ``model-events`` (which also relays the outbox) and of
+  ``release-ticks``, and a timer publishing a tick every ``RELEASE_TICK_INTERVAL_S`` (the safety net that wakes
+  versions whose due event was lost and retires superseded versions after their grace period);
 * ``router``: the prediction router, its prediction-log publisher and an outbox relay;
 * ``api``: the token-protected management API, the read API and dashboard (``app.console``) and an outbox relay;
 * ``monitor``: the drift monitor's consumer of ``prediction-logs`` and its window flush;
@@ -45,15 +46,18 @@ from app.console import console_routes
 from app.function_processes import FunctionSupervisor
 from app.management_api import management_routes
 from app.push_delivery import BucketPusher, PushDispatcher
+from functions.release_path import DRIFT_TICKS_SUBSCRIPTION
 from monitoring.monitor import MONITOR_SUBSCRIPTION, PROFILE_SUBSCRIPTION
 from monitoring.service import drift_monitor
 from release.adapters.local_bucket import LocalBucketWatcher, LocalFolderStore
-from release.bootstrap import CONTROLLER_SUBSCRIPTION, ROLLBACK_SUBSCRIPTION, App
+from release.bootstrap import CONTROLLER_SUBSCRIPTION, ROLLBACK_SUBSCRIPTION, TICKS_SUBSCRIPTION, App
 from release.ports import SubscriptionSpec
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
+from release.waits import publish_tick
 from release.worker import Consumer
 from schemas.errors import ReleaseError
 from schemas.events import CloudEvent, EventType, Topic
+from schemas.tables import utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -108,6 +112,11 @@ def _controller(app: App, stop: threading.Event, parts: _Parts, *,
     parts.threads.append(_consume(stop, consumer, "controller", retry_s=app.settings.poll_interval_s))
     rollbacks = Consumer(bus=app.bus, subscription=ROLLBACK_SUBSCRIPTION, handler=controller.react_to_alert)
     parts.threads.append(_consume(stop, rollbacks, "rollbacks", retry_s=app.settings.poll_interval_s))
+    ticks = Consumer(bus=app.bus, subscription=TICKS_SUBSCRIPTION, handler=controller.handle_tick)
+    parts.threads.append(_consume(stop, ticks, "controller-ticks", retry_s=app.settings.poll_interval_s))
+    # The timer only publishes: whichever controller consumes the tick does the work, as with a cloud scheduler.
+    parts.threads.append(_loop(stop, app.settings.tick_interval_s,
+                               lambda: publish_tick(app.engine, app.bus, utcnow()), "ticker"))
     parts.relays = True  # Consumer.run relays the outbox before every pull
     for model, version in controller.resume_all():
         try:
@@ -159,13 +168,16 @@ def _all(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegi
 
 
 #: ``release up --functions``: each subscription of the release path and the target it is pushed to.
+#: The drift monitor keeps open windows in its process, so the ticks that close aged ones go to that process too.
 PUSH_ROUTES = ((CONTROLLER_SUBSCRIPTION, Topic.MODEL_EVENTS, "on_model_event"),
+               (TICKS_SUBSCRIPTION, Topic.TICKS, "on_tick"),
                (PROFILE_SUBSCRIPTION, Topic.MODEL_EVENTS, "on_registration"),
                (MONITOR_SUBSCRIPTION, Topic.PREDICTION_LOGS, "on_prediction_logs"),
+               (DRIFT_TICKS_SUBSCRIPTION, Topic.TICKS, "on_prediction_logs"),
                (ROLLBACK_SUBSCRIPTION, Topic.ALERTS, "on_alert"))
 #: The targets ``release up --functions`` serves (``on_bucket_notification`` is the alternative to Eventarc's
 #: storage trigger on Google Cloud; locally the bucket watcher delivers as Eventarc does).
-FUNCTION_TARGETS = ("on_storage_event", *(target for _sub, _topic, target in PUSH_ROUTES))
+FUNCTION_TARGETS = tuple(dict.fromkeys(("on_storage_event", *(target for _sub, _topic, target in PUSH_ROUTES))))
 
 
 def _functions(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegistry) -> None:
@@ -184,12 +196,16 @@ def _functions(app: App, stop: threading.Event, parts: _Parts, registry: Collect
         if event.type == EventType.ALIAS_MOVED:
             table.invalidate(event.model)
 
+    # A tick every RELEASE_TICK_INTERVAL_S, as Cloud Scheduler publishes one on Google Cloud.
+    parts.threads.append(_loop(stop, app.settings.tick_interval_s,
+                               lambda: publish_tick(app.engine, app.bus, utcnow()), "ticker"))
     for subscription, topic, target in PUSH_ROUTES:
-        if app.settings.bus == "pubsub":
-            # A real push subscription: Pub/Sub itself POSTs to the function.
-            app.bus.ensure_subscription(SubscriptionSpec(
-                name=subscription, topic=topic, ack_deadline_s=app.settings.ack_deadline_s,
-                max_attempts=app.settings.max_attempts, push_endpoint=supervisor.url(target)))
+        pubsub = app.settings.bus == "pubsub"
+        # On Pub/Sub, a real push subscription: Pub/Sub itself POSTs to the function.
+        app.bus.ensure_subscription(SubscriptionSpec(
+            name=subscription, topic=topic, ack_deadline_s=app.settings.ack_deadline_s,
+            max_attempts=app.settings.max_attempts, push_endpoint=supervisor.url(target) if pubsub else ""))
+        if pubsub:
             continue
         dispatcher = PushDispatcher(bus=app.bus, subscription=subscription, topic=topic,
                                     locate=functools.partial(supervisor.url, target), project=app.settings.gcp_project,
@@ -214,11 +230,9 @@ def _assemble(app: App, role: str, stop: threading.Event, registry: CollectorReg
         _functions(app, stop, parts, registry)
     elif role == "all":
         _all(app, stop, parts, registry)
-        parts.threads.append(_loop(stop, every, lambda: (app.intake.reconcile(), app.controller.retire_superseded()),
-                                   "reconcile"))
+        parts.threads.append(_loop(stop, every, app.intake.reconcile, "reconcile"))
     elif role == "controller":
         _controller(app, stop, parts, on_alias_moved=None)
-        parts.threads.append(_loop(stop, every, app.controller.retire_superseded, "retire"))
     elif role == "monitor":
         _monitor(app, stop, parts, registry)
     elif role == "intake":

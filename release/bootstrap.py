@@ -28,6 +28,8 @@ from schemas.policy import ReleasePolicy
 CONTROLLER_SUBSCRIPTION = "controller"
 #: On ``alerts``: the rollback requests the drift monitor raises, applied by ``Controller.react_to_alert``.
 ROLLBACK_SUBSCRIPTION = "rollbacks"
+#: The controller's subscription to ``release-ticks``.
+TICKS_SUBSCRIPTION = "controller-ticks"
 
 
 def _folder_store(settings: Settings) -> ArtifactStore:
@@ -111,7 +113,7 @@ class App:
             from release.promotion import RoutePromoter
 
             gates: GateRunner = HttpGateRunner()
-            promoter: Promoter = RoutePromoter(engine=self.engine)
+            promoter: Promoter = RoutePromoter()
             cache = self.settings.home.resolve() / "artifacts"
 
             def local_copy(version: VersionView) -> Path | None:
@@ -119,18 +121,17 @@ class App:
 
             self._controller = Controller(engine=self.engine, bus=self.bus, serving=self.serving, gates=gates,
                                           promoter=promoter, materialize=local_copy,
-                                          crash_at=self.settings.fault_crash_at, gpu=wants_gpu(self.settings))
+                                          crash_at=self.settings.fault_crash_at, gpu=wants_gpu(self.settings),
+                                          max_rollouts=self.settings.max_rollouts)
         return self._controller
 
     def ensure_subscriptions(self) -> None:
         """The subscriptions the control plane consumes."""
-        for name, topic in ((CONTROLLER_SUBSCRIPTION, Topic.MODEL_EVENTS), (ROLLBACK_SUBSCRIPTION, Topic.ALERTS)):
-            self.bus.ensure_subscription(SubscriptionSpec(name=name, topic=topic,
-                                                          ack_deadline_s=self.settings.ack_deadline_s,
-                                                          max_attempts=self.settings.max_attempts))
+        for spec in controller_subscriptions(self.settings):
+            self.bus.ensure_subscription(spec)
 
     def release_consumers(self) -> list[Consumer]:
-        """The controller's consumers: model events, and the rollback requests on ``alerts``."""
+        """The controller's consumers of model events and of the rollback requests on ``alerts``."""
         return [Consumer(bus=self.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=self.controller.handle),
                 Consumer(bus=self.bus, subscription=ROLLBACK_SUBSCRIPTION, handler=self.controller.react_to_alert)]
 
@@ -145,6 +146,15 @@ class App:
             self._serving.close()
         self.bus.close()
         self.engine.dispose()
+
+
+def controller_subscriptions(settings: Settings) -> list[SubscriptionSpec]:
+    """The controller's subscriptions: model events, the ticks that wake what a lost event left waiting, and the
+    rollback requests on ``alerts``."""
+    return [SubscriptionSpec(name=name, topic=topic, ack_deadline_s=settings.ack_deadline_s,
+                             max_attempts=settings.max_attempts)
+            for name, topic in ((CONTROLLER_SUBSCRIPTION, Topic.MODEL_EVENTS), (TICKS_SUBSCRIPTION, Topic.TICKS),
+                                (ROLLBACK_SUBSCRIPTION, Topic.ALERTS))]
 
 
 def wants_gpu(settings: Settings) -> bool | None:

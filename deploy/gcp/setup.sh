@@ -34,14 +34,15 @@ SKIP_BUILD="${SKIP_BUILD:-0}"
 # deployments (default): controller and monitor run as Deployments in the cluster; functions: as Cloud Run functions.
 CONTROL_PLANE="${CONTROL_PLANE:-deployments}"
 
-TOPICS=(model-events prediction-logs drift-metrics alerts)
+TOPICS=(model-events prediction-logs drift-metrics alerts release-ticks)
 # subscription:topic pairs, named as the services ensure them (release/bootstrap.py, monitoring/monitor.py).
-SUBSCRIPTIONS=(controller:model-events rollbacks:alerts drift-profiles:model-events drift-monitor:prediction-logs)
+SUBSCRIPTIONS=(controller:model-events controller-ticks:release-ticks rollbacks:alerts drift-profiles:model-events
+               drift-monitor:prediction-logs)
 # What each workload identity may do on Pub/Sub, by name: role=publish-topics|consume-subscriptions. A role
 # publishes only what it journals (its RELEASE_RELAY_TOPICS in deploy/k8s) and the dead-letter topics of the
 # subscriptions it consumes; nobody holds pubsub.editor, so the router cannot publish a rollback request.
 GRANTS=(
-  "release-control-plane=model-events,model-events-dead-letter,alerts-dead-letter|controller,rollbacks"
+  "release-control-plane=model-events,model-events-dead-letter,release-ticks,release-ticks-dead-letter,alerts-dead-letter|controller,controller-ticks,rollbacks"
   "release-router=prediction-logs|"
   "release-api=model-events,drift-metrics|"
   "release-monitor=drift-metrics,alerts,model-events-dead-letter,prediction-logs-dead-letter|drift-monitor,drift-profiles"
@@ -51,6 +52,7 @@ GRANTS=(
 FUNCTIONS=(
   "release-controller=on_model_event:model-events:release-fn-controller:10"
   "release-rollbacks=on_alert:alerts:release-fn-controller:1"
+  "release-ticks=on_tick:release-ticks:release-fn-controller:1"
   "release-drift-profiles=on_registration:model-events:release-fn-monitor:5"
   "release-drift-monitor=on_prediction_logs:prediction-logs:release-fn-monitor:1"
 )
@@ -80,6 +82,7 @@ enable_apis() {
   log "Enabling APIs"
   gcloud services enable --project "$PROJECT_ID" \
     artifactregistry.googleapis.com cloudbuild.googleapis.com cloudfunctions.googleapis.com \
+    cloudscheduler.googleapis.com \
     compute.googleapis.com container.googleapis.com eventarc.googleapis.com iam.googleapis.com \
     monitoring.googleapis.com pubsub.googleapis.com run.googleapis.com secretmanager.googleapis.com \
     servicenetworking.googleapis.com sqladmin.googleapis.com storage.googleapis.com \
@@ -281,6 +284,16 @@ function_identity() {
     --member "serviceAccount:${sa}" --role roles/run.invoker
 }
 
+# dead_letter_after SUBSCRIPTION TOPIC: what Eventarc's trigger subscription lacks, dead-lettering and backoff.
+dead_letter_after() {
+  gcloud pubsub subscriptions update "$1" --project "$PROJECT_ID" \
+    --dead-letter-topic "${2}${DEAD_LETTER_SUFFIX}" --max-delivery-attempts "$MAX_DELIVERY_ATTEMPTS" \
+    --min-retry-delay 10s --max-retry-delay 600s
+  gcloud pubsub subscriptions add-iam-policy-binding "$1" --project "$PROJECT_ID" --quiet >/dev/null \
+    --member "serviceAccount:service-$(project_number)@gcp-sa-pubsub.iam.gserviceaccount.com" \
+    --role roles/pubsub.subscriber
+}
+
 # deploy_release_function NAME TARGET TOPIC IDENTITY MAX_INSTANCES RELAY_TOPICS: a gen2 function on a Pub/Sub
 # trigger with retries, whose trigger subscription dead-letters to TOPIC-dead-letter after MAX_DELIVERY_ATTEMPTS.
 deploy_release_function() {
@@ -299,16 +312,31 @@ deploy_release_function() {
     --format 'value(eventTrigger.trigger)')"
   subscription="$(gcloud eventarc triggers describe "$trigger" --project "$PROJECT_ID" --location "$REGION" \
     --format 'value(transport.pubsub.subscription)')"
-  gcloud pubsub subscriptions update "$subscription" --project "$PROJECT_ID" \
-    --dead-letter-topic "${topic}${DEAD_LETTER_SUFFIX}" --max-delivery-attempts "$MAX_DELIVERY_ATTEMPTS" \
-    --min-retry-delay 10s --max-retry-delay 600s
-  gcloud pubsub subscriptions add-iam-policy-binding "$subscription" --project "$PROJECT_ID" --quiet >/dev/null \
-    --member "serviceAccount:service-$(project_number)@gcp-sa-pubsub.iam.gserviceaccount.com" \
-    --role roles/pubsub.subscriber
+  dead_letter_after "$subscription" "$topic"
+}
+
+# The ticks: Cloud Scheduler publishes one a minute (our CloudEvent as the message body); the controller's
+# release-ticks function wakes versions whose due event was lost, and a second trigger on the drift monitor's
+# own service closes its aged windows (they live in that one instance's memory).
+schedule_ticks() {
+  local trigger="release-drift-ticks" subscription
+  exists gcloud scheduler jobs describe release-tick --location "$REGION" --project "$PROJECT_ID" ||
+    gcloud scheduler jobs create pubsub release-tick --location "$REGION" --project "$PROJECT_ID" \
+      --schedule "* * * * *" --topic release-ticks \
+      --message-body '{"type":"dev.modelrelease.tick.v1","source":"//modelrelease.dev/scheduler","data":{}}'
+  exists gcloud eventarc triggers describe "$trigger" --location "$REGION" --project "$PROJECT_ID" ||
+    gcloud eventarc triggers create "$trigger" --location "$REGION" --project "$PROJECT_ID" \
+      --destination-run-service release-drift-monitor --destination-run-region "$REGION" \
+      --event-filters "type=google.cloud.pubsub.topic.v1.messagePublished" \
+      --transport-topic "projects/${PROJECT_ID}/topics/release-ticks" \
+      --service-account "release-fn-monitor@${PROJECT_ID}.iam.gserviceaccount.com"
+  subscription="$(gcloud eventarc triggers describe "$trigger" --project "$PROJECT_ID" --location "$REGION" \
+    --format 'value(transport.pubsub.subscription)')"
+  dead_letter_after "$subscription" release-ticks
 }
 
 deploy_release_functions() {
-  log "Control plane as Cloud Run functions (gen2): controller, rollbacks, drift profiles, drift monitor"
+  log "Control plane as Cloud Run functions (gen2): controller, rollbacks, ticks, drift profiles, drift monitor"
   local entry name spec target topic identity max grant relay
   stage_functions "$WORKDIR/functions"
   for identity in release-fn-controller release-fn-monitor; do
@@ -324,6 +352,7 @@ deploy_release_functions() {
     done
     deploy_release_function "$name" "$target" "$topic" "$identity" "$max" "$relay"
   done
+  schedule_ticks
   # The functions do the Deployments' work: keep the Deployments, without replicas, so switching back is a scale.
   kubectl -n "$NAMESPACE" scale deployment release-controller release-monitor --replicas 0
 }
