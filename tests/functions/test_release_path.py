@@ -37,7 +37,7 @@ from tests.servers.pubsub_server import PubSubServer
 
 GOLDEN: dict[str, dict[str, Any]] = json.loads(
     (Path(__file__).parents[1] / "data/events/pubsub_message_published.json").read_text())
-TARGETS = ("on_model_event", "on_registration", "on_prediction_logs", "on_alert")
+TARGETS = ("on_model_event", "on_registration", "on_prediction_logs", "on_alert", "on_tick")
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +142,15 @@ def test_drift_target_counts_a_batch_once(home: tuple[App, dict[str, str]]) -> N
     with session_scope(app.engine) as s:
         rows = s.exec(select(func.count()).select_from(PredictionLogRow)).one()
     assert answers == [200, 200] and rows == 3
+
+
+def test_ticks_reach_the_controller_and_the_drift_monitor(home: tuple[App, dict[str, str]]) -> None:
+    """A tick, and its duplicate, is taken by the controller's tick target and by the drift monitor, whose
+    process closes aged windows on it; neither records prediction rows for it."""
+    app, urls = home
+    before = _logged(app)
+    answers = [post(urls[target], "tick").status_code for target in ("on_tick", "on_prediction_logs") * 2]
+    assert answers == [200] * 4 and _logged(app) == before
 
 
 def test_malformed_deliveries_get_a_clear_4xx(home: tuple[App, dict[str, str]]) -> None:
