@@ -8,6 +8,7 @@ push acknowledge on 2xx and redeliver otherwise.
 
 from __future__ import annotations
 
+import atexit
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -31,8 +32,12 @@ Answer = tuple[dict[str, Any], int, dict[str, str]]
 
 @functools.cache
 def current_app() -> App:
-    """The process's ``App``: a function instance serves many requests, and bootstraps once."""
-    return bootstrap(Settings())
+    """The process's ``App``: a function instance serves many requests, and bootstraps once. When the process
+    stops (functions-framework's worker exits on SIGTERM), the app is closed, which stops the local pods the
+    controller started; pods of a process killed outright are adopted by its successor."""
+    app = bootstrap(Settings())
+    atexit.register(app.close)
+    return app
 
 
 def answer(call: Callable[[], dict[str, Any]]) -> Answer:

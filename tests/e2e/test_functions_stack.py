@@ -4,7 +4,7 @@ The stack runs as a user starts it (``python -m app.cli up --functions``) on the
 folder, SQLite, the local bus and real pods. Versions are dropped one after another, as the demo does, and each
 must reach the demo's end: v1 then v2 ``PROD``, v3 ``REJECTED`` with its gate report, on the local bus and on
 Pub/Sub. The process tree shows one functions-framework process per target and no consumer threads of the
-release path.
+release path; stopping it stops the pods.
 """
 
 from __future__ import annotations
@@ -64,6 +64,11 @@ class Stack:
             alias = registry.find_alias(s, "digits", "PROD")
             return alias.version if alias else None
 
+    def pod_pids(self) -> list[int]:
+        """The pods the controller function runs (its serving backend's state file)."""
+        state = self.home / "pods" / "state.json"
+        return [p["pid"] for p in json.loads(state.read_text())["pods"]] if state.exists() else []
+
     def log(self) -> str:
         """The tail of the stack's and the function processes' logs."""
         logs = [self.home.parent / "up.log", *sorted((self.home / "functions").glob("*.log"))]
@@ -99,12 +104,14 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
             time.sleep(0.2)  # the port opens once every function process answers; nothing to await before
         yield running
     finally:
+        pods = running.pod_pids()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    assert not [pid for pid in pods if Path(f"/proc/{pid}").exists()], "pods outlived release up --functions"
 
 
 def function_processes(pid: int) -> dict[str, list[int]]:
