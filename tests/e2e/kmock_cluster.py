@@ -157,6 +157,10 @@ class ClusterDns:
         """Watch through the real backend."""
         return self._resolve(self.backend.wait_ready(spec, timeout_s=timeout_s))
 
+    def check_ready(self, spec: DeploymentSpec, *, give_up: bool = False) -> DeploymentStatus:
+        """Look once through the real backend."""
+        return self._resolve(self.backend.check_ready(spec, give_up=give_up))
+
     def status(self, model: str, version: str) -> DeploymentStatus | None:
         """Read through the real backend."""
         status = self.backend.status(model, version)
