@@ -111,6 +111,7 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    assert pods, "no pods were recorded: the check below would prove nothing"
     assert not [pid for pid in pods if Path(f"/proc/{pid}").exists()], "pods outlived release up --functions"
 
 
