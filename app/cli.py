@@ -186,7 +186,7 @@ def cmd_up(app: App, args: argparse.Namespace) -> int:
     """Run the whole stack, or one role of it (``--only``), until stopped."""
     from app.stack import run_stack
 
-    return run_stack(app, role=args.only)
+    return run_stack(app, role=args.only, functions=args.functions)
 
 
 def cmd_setup(app: App, args: argparse.Namespace) -> int:
@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("up", cmd_up, "run the whole stack (or one role of it) until stopped")
     p.add_argument("--only", choices=ROLES, default="all",
                    help="run one role of the control plane (a Kubernetes Deployment each); default: all")
+    p.add_argument("--functions", action="store_true",
+                   help="run the release path as functions-framework processes, one per function target, fed by "
+                        "HTTP push as Eventarc does; router, API and dashboard run here")
     command("setup", cmd_setup, "create topics, dead-letter topics and subscriptions; migrate the store")
     _add_deploy(sub)
     p = command("run", cmd_run, "process everything in the bucket through the whole flow")

@@ -13,6 +13,11 @@ Roles (``ROLES``), each a set of threads plus routes served on ``RELEASE_PORT`` 
 * ``intake``: the local bucket watcher (folder buckets only), the periodic bucket reconcile and an outbox relay;
 * ``all`` (default): every role in one process, the embedded shape.
 
+``release up --functions`` keeps the router, API and dashboard here and runs the release path as function targets
+instead of consumer threads: one functions-framework process per target (``app.function_processes``), fed by HTTP
+push from the bus's subscriptions and the bucket watcher (``app.push_delivery``), as Eventarc feeds them on Google
+Cloud.
+
 Every role answers ``GET /healthz`` (200 while its threads run, 503 naming the ones that stopped) and
 ``GET /metrics`` (Prometheus text), so Kubernetes probes and Managed Prometheus work for each Deployment of
 ``deploy/k8s/control-plane.yaml``. ``all`` and ``api`` also serve the read API under ``/api/v1`` (with its
@@ -21,6 +26,7 @@ event stream and OpenAPI document) and the dashboard under ``/ui/``.
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from collections.abc import Callable
@@ -39,10 +45,14 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from app.console import console_routes
+from app.function_processes import FunctionSupervisor
 from app.management_api import management_routes
-from monitoring.monitor import MONITOR_SUBSCRIPTION, PROFILE_SUBSCRIPTION, DriftMonitor, subscriptions
+from app.push_delivery import BucketPusher, PushDispatcher
+from functions.release_path import DRIFT_TICKS_SUBSCRIPTION
+from monitoring.monitor import MONITOR_SUBSCRIPTION, PROFILE_SUBSCRIPTION
+from monitoring.service import drift_monitor
 from release.adapters.local_bucket import LocalBucketWatcher, LocalFolderStore
-from release.bootstrap import CONTROLLER_SUBSCRIPTION, TICKS_SUBSCRIPTION, App, default_policy
+from release.bootstrap import CONTROLLER_SUBSCRIPTION, ROLLBACK_SUBSCRIPTION, TICKS_SUBSCRIPTION, App
 from release.ports import SubscriptionSpec
 from release.route_sync import ROUTE_SUBSCRIPTION, RouteSync
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
@@ -87,6 +97,7 @@ class _Parts:
     router: Router | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
     relays: bool = False
+    supervisor: FunctionSupervisor | None = None
 
 
 def _controller(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegistry, *,
@@ -102,6 +113,8 @@ def _controller(app: App, stop: threading.Event, parts: _Parts, registry: Collec
 
     consumer = Consumer(bus=app.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=handle)
     parts.threads.append(_consume(stop, consumer, "controller", retry_s=app.settings.poll_interval_s))
+    rollbacks = Consumer(bus=app.bus, subscription=ROLLBACK_SUBSCRIPTION, handler=controller.react_to_alert)
+    parts.threads.append(_consume(stop, rollbacks, "rollbacks", retry_s=app.settings.poll_interval_s))
     ticks = Consumer(bus=app.bus, subscription=TICKS_SUBSCRIPTION, handler=controller.handle_tick)
     parts.threads.append(_consume(stop, ticks, "controller-ticks", retry_s=app.settings.poll_interval_s))
     # The timer only publishes: whichever controller consumes the tick does the work, as with a cloud scheduler.
@@ -144,12 +157,7 @@ def _gateway_routes(app: App, stop: threading.Event, parts: _Parts, registry: Co
 def _monitor(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegistry) -> None:
     from monitoring.metrics import DriftMetrics
 
-    monitor = DriftMonitor(engine=app.engine, bus=app.bus, store=app.store,
-                           cache_dir=app.settings.home.resolve() / "artifacts",
-                           default_policy=default_policy(app.settings).drift, metrics=DriftMetrics(registry),
-                           webhook_prefixes=app.settings.webhook_prefixes, console_url=app.settings.console_url)
-    for spec in subscriptions(ack_deadline_s=app.settings.ack_deadline_s, max_attempts=app.settings.max_attempts):
-        app.bus.ensure_subscription(spec)
+    monitor = drift_monitor(app, metrics=DriftMetrics(registry))
     drift = Consumer(bus=app.bus, subscription=MONITOR_SUBSCRIPTION, handler=monitor.handle)
     parts.threads.append(_consume(stop, drift, "drift-monitor", retry_s=app.settings.poll_interval_s))
     profiles = Consumer(bus=app.bus, subscription=PROFILE_SUBSCRIPTION, handler=monitor.handle_registration)
@@ -188,10 +196,68 @@ def _all(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegi
     parts.routes += [*management_routes(app), *console_routes(app)]
 
 
-def _assemble(app: App, role: str, stop: threading.Event, registry: CollectorRegistry) -> _Parts:
+#: ``release up --functions``: each subscription of the release path and the target it is pushed to.
+#: The drift monitor keeps open windows in its process, so the ticks that close aged ones go to that process too.
+PUSH_ROUTES = ((CONTROLLER_SUBSCRIPTION, Topic.MODEL_EVENTS, "on_model_event"),
+               (TICKS_SUBSCRIPTION, Topic.TICKS, "on_tick"),
+               (PROFILE_SUBSCRIPTION, Topic.MODEL_EVENTS, "on_registration"),
+               (MONITOR_SUBSCRIPTION, Topic.PREDICTION_LOGS, "on_prediction_logs"),
+               (DRIFT_TICKS_SUBSCRIPTION, Topic.TICKS, "on_prediction_logs"),
+               (ROLLBACK_SUBSCRIPTION, Topic.ALERTS, "on_alert"))
+#: The targets ``release up --functions`` serves (``on_bucket_notification`` is the alternative to Eventarc's
+#: storage trigger on Google Cloud; locally the bucket watcher delivers as Eventarc does).
+FUNCTION_TARGETS = tuple(dict.fromkeys(("on_storage_event", *(target for _sub, _topic, target in PUSH_ROUTES))))
+
+
+def _functions(app: App, stop: threading.Event, parts: _Parts, registry: CollectorRegistry) -> None:
+    """The router, API and dashboard in this process; the release path in function processes fed by push."""
+    table = _router(app, parts, registry)
+    parts.routes += [*management_routes(app), *console_routes(app)]
+    app.ensure_subscriptions()
+    drift_monitor(app)  # creates the monitor's subscriptions; its work happens in the function processes
+    supervisor = FunctionSupervisor.for_targets(FUNCTION_TARGETS, app.settings)
+    parts.closers.append(supervisor.stop)
+    supervisor.start()
+    parts.supervisor = supervisor
+    parts.threads.append(_loop(stop, 1.0, supervisor.check, "function-supervisor"))
+
+    def invalidate(event: CloudEvent) -> None:
+        if event.type == EventType.ALIAS_MOVED:
+            table.invalidate(event.model)
+
+    # A tick every RELEASE_TICK_INTERVAL_S, as Cloud Scheduler publishes one on Google Cloud.
+    parts.threads.append(_loop(stop, app.settings.tick_interval_s,
+                               lambda: publish_tick(app.engine, app.bus, utcnow()), "ticker"))
+    for subscription, topic, target in PUSH_ROUTES:
+        pubsub = app.settings.bus == "pubsub"
+        # On Pub/Sub, a real push subscription: Pub/Sub itself POSTs to the function.
+        app.bus.ensure_subscription(SubscriptionSpec(
+            name=subscription, topic=topic, ack_deadline_s=app.settings.ack_deadline_s,
+            max_attempts=app.settings.max_attempts, push_endpoint=supervisor.url(target) if pubsub else ""))
+        if pubsub:
+            continue
+        dispatcher = PushDispatcher(bus=app.bus, subscription=subscription, topic=topic,
+                                    locate=functools.partial(supervisor.url, target), project=app.settings.gcp_project,
+                                    timeout_s=app.settings.ack_deadline_s,
+                                    on_delivered=invalidate if target == "on_model_event" else None)
+        parts.threads.append(_loop(stop, app.settings.poll_interval_s, functools.partial(dispatcher.run, stop),
+                                   f"push-{subscription}"))
+    if isinstance(app.store, LocalFolderStore):
+        pusher = BucketPusher(watcher=LocalBucketWatcher(store=app.store),
+                              locate=functools.partial(supervisor.url, "on_storage_event"),
+                              timeout_s=app.settings.ack_deadline_s)
+        parts.threads.append(_loop(stop, app.settings.poll_interval_s, pusher.scan, "bucket-push"))
+
+
+def _assemble(app: App, role: str, stop: threading.Event, registry: CollectorRegistry, *,
+              functions: bool = False) -> _Parts:
     parts = _Parts()
     every = app.settings.reconcile_interval_s
-    if role == "all":
+    if functions:
+        if role != "all":
+            raise ValueError("--functions runs the whole stack; it does not combine with --only")
+        _functions(app, stop, parts, registry)
+    elif role == "all":
         _all(app, stop, parts, registry)
         parts.threads.append(_loop(stop, every, app.intake.reconcile, "reconcile"))
     elif role == "controller":
@@ -214,13 +280,20 @@ def _assemble(app: App, role: str, stop: threading.Event, registry: CollectorReg
     return parts
 
 
-def health_routes(role: str, threads: list[threading.Thread], registry: CollectorRegistry) -> list[Route]:
-    """``/healthz`` (503 when a thread of the role stopped) and ``/metrics`` of the role's registry."""
+def health_routes(role: str, threads: list[threading.Thread], registry: CollectorRegistry,
+                  supervisor: FunctionSupervisor | None = None) -> list[Route]:
+    """``/healthz`` (503 when a thread of the role stopped, or a function process is down) and ``/metrics`` of
+    the role's registry. Under ``--functions`` it also lists each target's process and its restarts."""
 
     async def healthz(_request: Request) -> Response:
         state = {t.name: t.is_alive() for t in threads}
+        body: dict[str, object] = {"role": role, "threads": state}
         ok = all(state.values())
-        return JSONResponse({"role": role, "ok": ok, "threads": state}, status_code=200 if ok else 503)
+        if supervisor is not None:
+            functions = supervisor.health()
+            body["functions"] = functions
+            ok = ok and all(f["alive"] for f in functions.values())
+        return JSONResponse({**body, "ok": ok}, status_code=200 if ok else 503)
 
     async def metrics(_request: Request) -> Response:
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
@@ -243,15 +316,18 @@ class Stack:
             close()
 
 
-def start_stack(app: App, *, role: str = "all") -> Stack:
-    """Assemble ``role``, start its threads and build its web app, without serving it (tests serve it too)."""
+def start_stack(app: App, *, role: str = "all", functions: bool = False) -> Stack:
+    """Assemble ``role``, start its threads and build its web app, without serving it (tests serve it too).
+
+    ``functions``: the release path runs in function processes fed by push delivery (``release up --functions``).
+    """
     stop = threading.Event()
     registry = CollectorRegistry()
     ProcessCollector(registry=registry)
-    parts = _assemble(app, role, stop, registry)
+    parts = _assemble(app, role, stop, registry, functions=functions)
     for thread in parts.threads:
         thread.start()
-    health = health_routes(role, parts.threads, registry)
+    health = health_routes(role, parts.threads, registry, parts.supervisor)
     web: ASGIApp
     if parts.router is not None:
         # The router keeps its own /metrics (the same registry); /healthz is added beside it.
@@ -262,9 +338,9 @@ def start_stack(app: App, *, role: str = "all") -> Stack:
     return Stack(web=web, stop=stop, parts=parts)
 
 
-def run_stack(app: App, *, role: str = "all") -> int:
-    """Run ``role`` (see ``ROLES``) until interrupted (SIGINT or SIGTERM)."""
-    stack = start_stack(app, role=role)
+def run_stack(app: App, *, role: str = "all", functions: bool = False) -> int:
+    """Run ``role`` (see ``ROLES``) until interrupted (SIGINT or SIGTERM); ``functions`` as in ``start_stack``."""
+    stack = start_stack(app, role=role, functions=functions)
     stop = stack.stop
     log.info("stack.up", role=role, port=app.settings.port, bucket=app.store.uri,
              home=str(Path(app.settings.home).resolve()))

@@ -1,92 +1,18 @@
-"""Cloud Functions (gen2) / functions-framework entry points.
+"""Every function target, where functions-framework looks for them (``--source functions/main.py``).
 
-- ``on_storage_event``: Eventarc's Cloud Storage ``object.finalized`` CloudEvent -> intake.
-- ``on_bucket_notification``: a Pub/Sub push of a bucket notification (JSON_API_V1) -> intake.
-Each decodes into a ``schemas`` model, calls one service function and returns; what an exception means for
-redelivery comes from the one error table, ``schemas.error_table`` (Eventarc and Pub/Sub push retry on 5xx
-and 429, drop on other 4xx).
+Intake (``functions.intake``): ``on_storage_event`` (Eventarc storage CloudEvent) and ``on_bucket_notification``
+(Pub/Sub push of a bucket notification). The release path (``functions.release_path``): ``on_model_event``,
+``on_registration``, ``on_prediction_logs``, ``on_alert`` and ``on_tick``, each on a Pub/Sub topic through
+Eventarc.
 """
 
-from __future__ import annotations
+from functions.intake import on_bucket_notification, on_storage_event
+from functions.release_path import on_alert, on_model_event, on_prediction_logs, on_registration, on_tick
 
-import base64
-import binascii
-from typing import Any
+#: Each target and its functions-framework signature type; ``release up --functions`` serves one process each.
+TARGETS = {"on_storage_event": "cloudevent", "on_bucket_notification": "http", "on_model_event": "cloudevent",
+           "on_registration": "cloudevent", "on_prediction_logs": "cloudevent", "on_alert": "cloudevent",
+           "on_tick": "cloudevent"}
 
-import functions_framework
-import structlog
-from cloudevents.http import CloudEvent
-from flask import Request, abort, jsonify, make_response
-from pydantic import ValidationError
-
-from release.adapters.gcs_notifications import notification_to_storage_event
-from release.bootstrap import bootstrap
-from release.settings import Settings
-from schemas.error_table import http_status, retry_after
-from schemas.errors import BadRequest, Reason, ReleaseError
-from schemas.storage import FINALIZED, StorageObjectData
-
-log = structlog.get_logger(__name__)
-
-
-def _intake(data: StorageObjectData) -> dict[str, Any]:
-    app = bootstrap(Settings())
-    result = app.intake.handle_object(data)
-    # Hand the journalled events to the transport now rather than waiting for another process's relay loop.
-    app.bus.flush()
-    return {"status": result.status, "artifact": result.artifact, "reason": result.reason}
-
-
-def _answer(call: Any) -> tuple[dict[str, Any], int, dict[str, str]]:
-    try:
-        return call(), 200, {}
-    except ReleaseError as error:
-        status, wait = http_status(error), retry_after(error)
-        log.warning("function.failed", error=str(error), status=status)
-        return {"error": error.to_dict()}, status, {"Retry-After": wait} if wait else {}
-    finally:
-        structlog.contextvars.clear_contextvars()
-
-
-@functions_framework.cloud_event
-def on_storage_event(event: CloudEvent) -> None:
-    """Eventarc storage CloudEvent (binary or structured mode) -> intake.
-
-    functions-framework answers 200 "OK" when a CloudEvent function returns, so any other status travels as
-    an ``HTTPException`` carrying our JSON error body.
-    """
-    def call() -> dict[str, Any]:
-        if event["type"] != FINALIZED:
-            return {"status": "ignored", "type": event["type"]}
-        try:
-            data = StorageObjectData.model_validate(event.data)
-        except ValidationError as exc:
-            raise BadRequest(f"storage event data is not an object resource: {exc.errors()[0]['msg']}",
-                             reason=Reason.EVENT_INVALID) from exc
-        structlog.contextvars.bind_contextvars(event_id=event["id"], object=data.name)
-        return _intake(data)
-
-    body, status, headers = _answer(call)
-    if status != 200:
-        abort(make_response(jsonify(body), status, headers))
-
-
-@functions_framework.http
-def on_bucket_notification(request: Request) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Pub/Sub push of a Cloud Storage notification -> intake."""
-    def call() -> dict[str, Any]:
-        envelope = request.get_json(silent=True)
-        message = envelope.get("message") if isinstance(envelope, dict) else None
-        if not isinstance(message, dict) or "data" not in message:
-            raise BadRequest("expected a Pub/Sub push envelope with message.data", reason=Reason.EVENT_INVALID)
-        try:
-            raw = base64.b64decode(message["data"], validate=True)
-        except (binascii.Error, TypeError) as exc:
-            raise BadRequest("message.data is not base64", reason=Reason.EVENT_INVALID) from exc
-        attributes = message.get("attributes") or {}
-        if attributes.get("eventType", "OBJECT_FINALIZE") != "OBJECT_FINALIZE":
-            return {"status": "ignored", "eventType": attributes.get("eventType")}
-        _ce, data = notification_to_storage_event(raw, attributes)
-        return _intake(data)
-
-    return _answer(call)
+__all__ = ["TARGETS", "on_alert", "on_bucket_notification", "on_model_event", "on_prediction_logs",
+           "on_registration", "on_storage_event", "on_tick"]

@@ -4,7 +4,7 @@ Per model version it cuts windows of prediction records (``monitoring.windows``)
 against the version's reference profile (``monitoring.measure``), steps the persisted alert state machine
 (``monitoring.alerts``) with the version's drift policy, and publishes what happened: ``drift.measured`` on
 ``drift-metrics``, ``drift.alert`` / ``drift.resolved`` on ``alerts`` and, when the policy says a critical
-alert rolls back, ``release.rollback_requested`` on ``model-events`` for the controller.
+alert rolls back, ``release.rollback_requested`` on ``alerts``, which ``Controller.react_to_alert`` applies.
 
 Consistency: one delivered batch is one transaction holding its de-dup marker (``processed_event``), its
 prediction-log rows, and for every window it closed the measurement row, the alert state and the outgoing
@@ -272,7 +272,7 @@ class DriftMonitor:
             self._bus.publish(alert, topic=Topic.ALERTS, session=session)
             outcome.alerts.append(alert)
             if action.alert.rollback_requested:
-                self._bus.publish(_rollback_event(action), topic=Topic.MODEL_EVENTS, session=session)
+                self._bus.publish(_rollback_event(action), topic=Topic.ALERTS, session=session)
         return outcome
 
     def _after_commit(self, outcomes: Sequence[_Outcome]) -> None:

@@ -26,6 +26,8 @@ from schemas.events import Topic
 from schemas.policy import ReleasePolicy
 
 CONTROLLER_SUBSCRIPTION = "controller"
+#: On ``alerts``: the rollback requests the drift monitor raises, applied by ``Controller.react_to_alert``.
+ROLLBACK_SUBSCRIPTION = "rollbacks"
 #: The controller's subscription to ``release-ticks``.
 TICKS_SUBSCRIPTION = "controller-ticks"
 
@@ -129,11 +131,15 @@ class App:
         for spec in controller_subscriptions(self.settings):
             self.bus.ensure_subscription(spec)
 
+    def release_consumers(self) -> list[Consumer]:
+        """The controller's consumers of model events and of the rollback requests on ``alerts``."""
+        return [Consumer(bus=self.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=self.controller.handle),
+                Consumer(bus=self.bus, subscription=ROLLBACK_SUBSCRIPTION, handler=self.controller.react_to_alert)]
+
     def drain_controller(self) -> int:
         """Handle model events until the controller's subscription is idle; returns how many were handled."""
         self.ensure_subscriptions()
-        consumer = Consumer(bus=self.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=self.controller.handle)
-        return run_until_idle([consumer], bus=self.bus)
+        return run_until_idle(self.release_consumers(), bus=self.bus)
 
     def close(self) -> None:
         """Stop local pods and release connections."""
@@ -144,10 +150,12 @@ class App:
 
 
 def controller_subscriptions(settings: Settings) -> list[SubscriptionSpec]:
-    """The controller's subscriptions: model events, and the ticks that wake what a lost event left waiting."""
+    """The controller's subscriptions: model events, the ticks that wake what a lost event left waiting, and the
+    rollback requests on ``alerts``."""
     return [SubscriptionSpec(name=name, topic=topic, ack_deadline_s=settings.ack_deadline_s,
                              max_attempts=settings.max_attempts)
-            for name, topic in ((CONTROLLER_SUBSCRIPTION, Topic.MODEL_EVENTS), (TICKS_SUBSCRIPTION, Topic.TICKS))]
+            for name, topic in ((CONTROLLER_SUBSCRIPTION, Topic.MODEL_EVENTS), (TICKS_SUBSCRIPTION, Topic.TICKS),
+                                (ROLLBACK_SUBSCRIPTION, Topic.ALERTS))]
 
 
 def wants_gpu(settings: Settings) -> bool | None:

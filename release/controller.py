@@ -85,10 +85,6 @@ class Controller(OperatorActions):
     # ------------------------------------------------------------------------------------------ entry points
     def handle(self, event: CloudEvent) -> Step | None:
         """React to one event of ``model-events``: reconcile the version it names."""
-        if event.type == EventType.ROLLBACK_REQUESTED:
-            data = event.data
-            return self.rollback(data["model"], actor=str(data.get("actor", "unknown")),
-                                 reason=str(data.get("reason", "")), expected_version=data.get("version"))
         if event.model is None or event.version is None or event.type == EventType.CANARY_STEP:
             return None  # a canary step's own event is a record: its due event drives the next move
         if event.type == EventType.RECONCILE_DUE:

@@ -5,6 +5,7 @@ the controller's next steps carry on from, so an action is as safe under duplica
 from __future__ import annotations
 
 import structlog
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -14,7 +15,7 @@ from release.ports import ServingBackend
 from release.registry import PROD
 from release.transitions import Step, TransitionApplier, alias_moved, set_intent
 from schemas.errors import InvalidTransition, NotFound, PermanentError, Reason
-from schemas.events import CloudEvent, EventType, RolledBackData, make_event
+from schemas.events import CloudEvent, EventType, RollbackRequestedData, RolledBackData, make_event
 from schemas.states import VersionState
 from schemas.tables import AuditEntry
 
@@ -72,6 +73,18 @@ class OperatorActions:
                                     "can be retried", details={"state": str(view.state)})
         return self._transitions.move(view, S.DEPLOYING, reason=f"retried by {actor}: {reason}", intent="",
                                       audit=("version.retried", reason), actor=actor)
+
+    def react_to_alert(self, event: CloudEvent) -> Step | None:
+        """The one reaction to the ``alerts`` topic: a ``release.rollback_requested`` (the monitor's verdict under
+        the model's drift policy) rolls PROD back, unless PROD already moved off the version it names."""
+        if event.type != EventType.ROLLBACK_REQUESTED:
+            return None
+        try:
+            data = RollbackRequestedData.model_validate(event.data)
+        except ValidationError as error:
+            raise PermanentError(f"invalid rollback request: {error.errors()[0]['msg']}",
+                                 reason=Reason.EVENT_INVALID) from error
+        return self.rollback(data.model, actor=data.actor, reason=data.reason, expected_version=data.version)
 
     def rollback(self, model: str, *, actor: str, reason: str, expected_version: str | None = None) -> Step | None:
         """Put PROD back on the version it pointed at before the current one. Audited.

@@ -98,6 +98,8 @@ class SubscriptionSpec:
     topic: Topic
     ack_deadline_s: float = 60.0
     max_attempts: int = 5
+    #: Pub/Sub only: deliver by HTTP push to this URL (a function target) instead of waiting for pulls.
+    push_endpoint: str = ""
 
 
 class EventBus(Protocol):

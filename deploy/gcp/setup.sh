@@ -10,7 +10,8 @@
 #
 # Usage: PROJECT_ID=my-project deploy/gcp/setup.sh                 (from the repository root, gcloud logged in)
 #        PROJECT_ID=my-project deploy/gcp/setup.sh grant-model NAME (onboard a model: its pods' identity)
-# Every setting below can be overridden from the environment.
+# Every setting below can be overridden from the environment. CONTROL_PLANE=functions deploys the controller and
+# the drift monitor as Cloud Run functions (gen2) on Pub/Sub triggers instead of Deployments (deploy/README.md).
 set -euo pipefail
 
 PROJECT_ID="${PROJECT_ID:?set PROJECT_ID to the Google Cloud project to deploy into}"
@@ -40,19 +41,35 @@ PROXY_SUBNET_RANGE="${PROXY_SUBNET_RANGE:-10.129.0.0/23}"
 # the driver is on by default in Autopilot).
 MODEL_SOURCE="${MODEL_SOURCE:-init-container}"
 
+# deployments (default): controller and monitor run as Deployments in the cluster; functions: as Cloud Run functions.
+CONTROL_PLANE="${CONTROL_PLANE:-deployments}"
+
 TOPICS=(model-events prediction-logs drift-metrics alerts release-ticks)
 # subscription:topic pairs, named as the services ensure them (release/bootstrap.py, release/route_sync.py,
 # monitoring/monitor.py).
-SUBSCRIPTIONS=(controller:model-events controller-ticks:release-ticks gateway-routes:model-events
+SUBSCRIPTIONS=(controller:model-events controller-ticks:release-ticks rollbacks:alerts gateway-routes:model-events
   drift-profiles:model-events drift-monitor:prediction-logs)
 # What each workload identity may do on Pub/Sub, by name: role=publish-topics|consume-subscriptions. A role
 # publishes only what it journals (its RELEASE_RELAY_TOPICS in deploy/k8s) and the dead-letter topics of the
 # subscriptions it consumes; nobody holds pubsub.editor, so the router cannot publish a rollback request.
 GRANTS=(
-  "release-control-plane=model-events,model-events-dead-letter,release-ticks,release-ticks-dead-letter|controller,controller-ticks,gateway-routes"
+  "release-control-plane=model-events,model-events-dead-letter,release-ticks,release-ticks-dead-letter,alerts-dead-letter|controller,controller-ticks,rollbacks,gateway-routes"
   "release-router=prediction-logs|"
   "release-api=model-events,drift-metrics|"
-  "release-monitor=drift-metrics,alerts,model-events,model-events-dead-letter,prediction-logs-dead-letter|drift-monitor,drift-profiles"
+  "release-monitor=drift-metrics,alerts,model-events-dead-letter,prediction-logs-dead-letter|drift-monitor,drift-profiles"
+)
+# CONTROL_PLANE=functions: function=target:topic:identity:max-instances. Each function's identity publishes what
+# its role journals (FUNCTION_TOPICS). The drift monitor keeps its open windows in memory: one instance.
+FUNCTIONS=(
+  "release-controller=on_model_event:model-events:release-fn-controller:10"
+  "release-rollbacks=on_alert:alerts:release-fn-controller:1"
+  "release-ticks=on_tick:release-ticks:release-fn-controller:1"
+  "release-drift-profiles=on_registration:model-events:release-fn-monitor:5"
+  "release-drift-monitor=on_prediction_logs:prediction-logs:release-fn-monitor:1"
+)
+FUNCTION_TOPICS=(
+  "release-fn-controller=model-events"
+  "release-fn-monitor=drift-metrics,alerts"
 )
 DEAD_LETTER_SUFFIX="-dead-letter"
 MAX_DELIVERY_ATTEMPTS="${MAX_DELIVERY_ATTEMPTS:-5}"
@@ -76,6 +93,7 @@ enable_apis() {
   log "Enabling APIs"
   gcloud services enable --project "$PROJECT_ID" \
     artifactregistry.googleapis.com cloudbuild.googleapis.com cloudfunctions.googleapis.com \
+    cloudscheduler.googleapis.com \
     compute.googleapis.com container.googleapis.com eventarc.googleapis.com iam.googleapis.com \
     monitoring.googleapis.com pubsub.googleapis.com run.googleapis.com secretmanager.googleapis.com \
     servicenetworking.googleapis.com sqladmin.googleapis.com storage.googleapis.com \
@@ -250,6 +268,106 @@ deploy_intake_function() {
     --set-secrets "RELEASE_DB_URL=release-db-url:latest"
 }
 
+# stage_functions DIR: the packages a function needs, with functions/main.py's targets at the source root.
+stage_functions() {
+  rm -rf "$1" && mkdir -p "$1"
+  cp -R "$REPO_ROOT/functions" "$REPO_ROOT/release" "$REPO_ROOT/schemas" "$REPO_ROOT/monitoring" "$1/"
+  grep -v '^#' "$REPO_ROOT/deploy/docker/control-plane-requirements.txt" >"$1/requirements.txt"
+  printf 'from functions.main import *  # noqa: F401,F403\n' >"$1/main.py"
+}
+
+function_identity() {
+  local sa="${1}@${PROJECT_ID}.iam.gserviceaccount.com" grant topic
+  exists gcloud iam service-accounts describe "$sa" --project "$PROJECT_ID" ||
+    gcloud iam service-accounts create "$1" --project "$PROJECT_ID" --display-name "Model release ${1#release-fn-}"
+  for grant in "${FUNCTION_TOPICS[@]}"; do
+    [[ "${grant%%=*}" == "$1" ]] || continue
+    for topic in $(tr ',' ' ' <<<"${grant#*=}"); do
+      gcloud pubsub topics add-iam-policy-binding "$topic" --project "$PROJECT_ID" --quiet >/dev/null \
+        --member "serviceAccount:${sa}" --role roles/pubsub.publisher
+    done
+  done
+  gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --quiet >/dev/null \
+    --member "serviceAccount:${sa}" --role roles/storage.objectViewer
+  gcloud secrets add-iam-policy-binding release-db-url --project "$PROJECT_ID" --quiet >/dev/null \
+    --member "serviceAccount:${sa}" --role roles/secretmanager.secretAccessor
+  gcloud projects add-iam-policy-binding "$PROJECT_ID" --condition None --quiet >/dev/null \
+    --member "serviceAccount:${sa}" --role roles/run.invoker
+}
+
+# dead_letter_after SUBSCRIPTION TOPIC: what Eventarc's trigger subscription lacks, dead-lettering and backoff.
+dead_letter_after() {
+  gcloud pubsub subscriptions update "$1" --project "$PROJECT_ID" \
+    --dead-letter-topic "${2}${DEAD_LETTER_SUFFIX}" --max-delivery-attempts "$MAX_DELIVERY_ATTEMPTS" \
+    --min-retry-delay 10s --max-retry-delay 600s
+  gcloud pubsub subscriptions add-iam-policy-binding "$1" --project "$PROJECT_ID" --quiet >/dev/null \
+    --member "serviceAccount:service-$(project_number)@gcp-sa-pubsub.iam.gserviceaccount.com" \
+    --role roles/pubsub.subscriber
+}
+
+# deploy_release_function NAME TARGET TOPIC IDENTITY MAX_INSTANCES RELAY_TOPICS: a gen2 function on a Pub/Sub
+# trigger with retries, whose trigger subscription dead-letters to TOPIC-dead-letter after MAX_DELIVERY_ATTEMPTS.
+deploy_release_function() {
+  local name="$1" target="$2" topic="$3" sa="${4}@${PROJECT_ID}.iam.gserviceaccount.com" max="$5" relay="$6"
+  local trigger subscription
+  # "^@^" is gcloud's syntax for another list delimiter: RELEASE_RELAY_TOPICS holds commas.
+  gcloud functions deploy "$name" --gen2 --project "$PROJECT_ID" --region "$REGION" \
+    --runtime python311 --source "$WORKDIR/functions" --entry-point "$target" \
+    --trigger-topic "$topic" --trigger-location "$REGION" --retry \
+    --trigger-service-account "$sa" --service-account "$sa" \
+    --vpc-connector "$CONNECTOR" --egress-settings private-ranges-only \
+    --memory 2Gi --timeout 540s --max-instances "$max" --concurrency 1 --cpu 1 \
+    --set-env-vars "^@^RELEASE_BUCKET=gs://${BUCKET}@RELEASE_BUS=pubsub@RELEASE_GCP_PROJECT=${PROJECT_ID}@RELEASE_LOG_FORMAT=json@RELEASE_HOME=/tmp/release@RELEASE_SERVING=kubernetes@RELEASE_K8S_NAMESPACE=${NAMESPACE}@RELEASE_K8S_IMAGE=${POD_IMAGE}@RELEASE_RELAY_TOPICS=${relay}" \
+    --set-secrets "RELEASE_DB_URL=release-db-url:latest"
+  trigger="$(gcloud functions describe "$name" --gen2 --project "$PROJECT_ID" --region "$REGION" \
+    --format 'value(eventTrigger.trigger)')"
+  subscription="$(gcloud eventarc triggers describe "$trigger" --project "$PROJECT_ID" --location "$REGION" \
+    --format 'value(transport.pubsub.subscription)')"
+  dead_letter_after "$subscription" "$topic"
+}
+
+# The ticks: Cloud Scheduler publishes one a minute (our CloudEvent as the message body); the controller's
+# release-ticks function wakes versions whose due event was lost, and a second trigger on the drift monitor's
+# own service closes its aged windows (they live in that one instance's memory).
+schedule_ticks() {
+  local trigger="release-drift-ticks" subscription
+  exists gcloud scheduler jobs describe release-tick --location "$REGION" --project "$PROJECT_ID" ||
+    gcloud scheduler jobs create pubsub release-tick --location "$REGION" --project "$PROJECT_ID" \
+      --schedule "* * * * *" --topic release-ticks \
+      --message-body '{"type":"dev.modelrelease.tick.v1","source":"//modelrelease.dev/scheduler","data":{}}'
+  exists gcloud eventarc triggers describe "$trigger" --location "$REGION" --project "$PROJECT_ID" ||
+    gcloud eventarc triggers create "$trigger" --location "$REGION" --project "$PROJECT_ID" \
+      --destination-run-service release-drift-monitor --destination-run-region "$REGION" \
+      --event-filters "type=google.cloud.pubsub.topic.v1.messagePublished" \
+      --transport-topic "projects/${PROJECT_ID}/topics/release-ticks" \
+      --service-account "release-fn-monitor@${PROJECT_ID}.iam.gserviceaccount.com"
+  subscription="$(gcloud eventarc triggers describe "$trigger" --project "$PROJECT_ID" --location "$REGION" \
+    --format 'value(transport.pubsub.subscription)')"
+  dead_letter_after "$subscription" release-ticks
+}
+
+deploy_release_functions() {
+  log "Control plane as Cloud Run functions (gen2): controller, rollbacks, ticks, drift profiles, drift monitor"
+  local entry name spec target topic identity max grant relay
+  stage_functions "$WORKDIR/functions"
+  for identity in release-fn-controller release-fn-monitor; do
+    function_identity "$identity"
+  done
+  for entry in "${FUNCTIONS[@]}"; do
+    name="${entry%%=*}"
+    spec="${entry#*=}"
+    IFS=: read -r target topic identity max <<<"$spec"
+    relay=""
+    for grant in "${FUNCTION_TOPICS[@]}"; do
+      if [[ "${grant%%=*}" == "$identity" ]]; then relay="${grant#*=}"; fi
+    done
+    deploy_release_function "$name" "$target" "$topic" "$identity" "$max" "$relay"
+  done
+  schedule_ticks
+  # The functions do the Deployments' work: keep the Deployments, without replicas, so switching back is a scale.
+  kubectl -n "$NAMESPACE" scale deployment release-controller release-monitor --replicas 0
+}
+
 create_cluster() {
   log "GKE Autopilot cluster ${CLUSTER} (GPU nodes on demand, Workload Identity, Managed Prometheus)"
   # Autopilot provisions GPU nodes from the pods' accelerator node selector; check the GPU quota of the region.
@@ -409,6 +527,11 @@ main() {
   enable_gateway
   grant_workloads
   deploy_control_plane
+  case "$CONTROL_PLANE" in
+    deployments) ;;
+    functions) deploy_release_functions ;;
+    *) echo "CONTROL_PLANE is deployments or functions, not ${CONTROL_PLANE}" >&2; return 2 ;;
+  esac
   create_dashboard
   create_alert_policy
   log "Done. Onboard a model with: deploy/gcp/setup.sh grant-model NAME"

@@ -26,11 +26,17 @@ def create_topic(publisher: pubsub_v1.PublisherClient, path: str) -> None:
 
 
 def create_subscription(subscriber: pubsub_v1.SubscriberClient, subscription: pubsub_v1.types.Subscription) -> None:
-    """Create ``subscription`` unless one of that name exists (an existing one is kept as it is)."""
+    """Create ``subscription`` unless one of that name exists (an existing one is kept as it is, but for a push
+    endpoint ``subscription`` names, which replaces the one it has)."""
     try:
         subscriber.create_subscription(request=subscription)
     except api_exceptions.AlreadyExists:
-        pass
+        if subscription.push_config.push_endpoint:
+            try:
+                subscriber.modify_push_config(request={"subscription": subscription.name,
+                                                       "push_config": subscription.push_config})
+            except Exception as e:  # raise_pubsub_error re-raises anything it does not know
+                raise_pubsub_error(e, f"push config of subscription {subscription.name}")
     except api_exceptions.PermissionDenied:
         # Deployed roles hold subscriber on their own subscriptions, not the right to create any; setup.sh
         # created them. A missing one makes the pull itself fail loudly.

@@ -139,14 +139,14 @@ class PubSubEventBus:
 
     def ensure_subscription(self, spec: SubscriptionSpec) -> None:
         """Create the topic, its dead-letter topic (with a subscription keeping the dead letters) and the
-        subscription when missing. An existing subscription is kept as it is."""
+        subscription when missing. An existing subscription is kept as it is, but for its push endpoint."""
         topic = self.topic_path(spec.topic)
         self._ensure_topic(topic)
         dead_letter = self._ensure_dead_letter(spec.topic)
         create_subscription(self._subscriber, pubsub_v1.types.Subscription(
             name=self.subscription_path(spec.name), topic=topic,
             ack_deadline_seconds=_clamp(spec.ack_deadline_s, ACK_DEADLINE_RANGE_S),
-            enable_message_ordering=True,
+            enable_message_ordering=True, push_config=pubsub_v1.types.PushConfig(push_endpoint=spec.push_endpoint),
             dead_letter_policy=pubsub_v1.types.DeadLetterPolicy(
                 dead_letter_topic=self.topic_path(dead_letter),
                 max_delivery_attempts=_clamp(spec.max_attempts, MAX_DELIVERY_ATTEMPTS_RANGE)),

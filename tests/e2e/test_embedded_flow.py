@@ -31,7 +31,7 @@ from sklearn.datasets import load_digits
 
 from app.cli import main as release_main
 from release import journal, policies, registry
-from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap
+from release.bootstrap import App, bootstrap
 from release.db import session_scope
 from release.registry import VersionView
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
@@ -159,8 +159,8 @@ def bucket_of(app: App) -> Path:
 def drain(app: App, *extra: Consumer) -> int:
     """Intake everything in the bucket, then consume the controller's (and ``extra``) subscriptions until idle."""
     app.intake.reconcile(final=True)
-    consumer = Consumer(bus=app.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=app.controller.handle)
-    return run_until_idle([consumer, *extra], bus=app.bus)
+    app.ensure_subscriptions()
+    return run_until_idle([*app.release_consumers(), *extra], bus=app.bus)
 
 
 def version(app: App, ref: str) -> VersionView:

@@ -80,7 +80,7 @@ def tree_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(("module", "source", "contract"), [
     ("release/violation.py", "import monitoring.monitor\n", "Layers"),
     ("monitoring/violation.py", "import app.cli\n", "Layers"),
-    ("functions/violation.py", "import monitoring.detectors\n", "Layers"),
+    ("monitoring/violation.py", "import functions.main\n", "Layers"),
     ("handlers/violation.py", "import release.registry\n", "Serving pods ship without the control plane"),
     ("release/violation.py", "import google.cloud.storage\n", "Cloud SDKs only in adapters"),
 ])

@@ -24,6 +24,7 @@ from monitoring.monitor import MONITOR_SUBSCRIPTION, DriftMonitor, subscriptions
 from release import journal, registry
 from release.adapters.local_bus import LocalEventBus
 from release.db import session_factory, session_scope
+from release.ports import SubscriptionSpec
 from release.testing import MemoryStore
 from release.worker import Consumer, run_until_idle
 from schemas.events import CloudEvent, EventType, ModelRegisteredData, Topic, make_event
@@ -163,7 +164,9 @@ def test_brightness_shift_alerts_and_rolls_prod_back(db: tuple[Engine, str], tmp
     """Shifted digits on PROD raise a critical alert after two windows; the controller puts PROD back on 1; the
     policy's webhook is called only when the operator's allow-list admits it."""
     _engine, url = db
-    engine, bus, _controller, controller_consumer = build(url)
+    engine, bus, controller, controller_consumer = build(url)
+    bus.ensure_subscription(SubscriptionSpec(name="rollbacks", topic=Topic.ALERTS))
+    rollbacks = Consumer(bus=bus, subscription="rollbacks", handler=controller.react_to_alert)
     store = MemoryStore()
     hooks = Hooks()
     monitor, consumer = monitor_for(engine, bus, store, tmp_path, hooks, webhook_prefixes=allowed)
@@ -174,7 +177,7 @@ def test_brightness_shift_alerts_and_rolls_prod_back(db: tuple[Engine, str], tmp
     assert end_state(engine)["digits"]["aliases"]["PROD"] == "2"
 
     send(engine, bus, *(batch("2", rows, shift=4.0) for rows in chunks(LIVE_START, LIVE_START + 400)))
-    run_until_idle([consumer, controller_consumer], bus=bus)
+    run_until_idle([consumer, controller_consumer, rollbacks], bus=bus)
 
     state = end_state(engine)["digits"]
     assert state["aliases"]["PROD"] == "1" and state["versions"]["2"] == "ROLLED_BACK"
@@ -184,7 +187,7 @@ def test_brightness_shift_alerts_and_rolls_prod_back(db: tuple[Engine, str], tmp
     assert seen.index("drift.alert") < seen.index("release.rollback_requested") < seen.index("release.rolled_back")
     with session_scope(engine) as s:
         alert = next(r for r in journal.recent(s, topic=Topic.ALERTS))
-        request = next(r for r in journal.recent(s, topic=Topic.MODEL_EVENTS)
+        request = next(r for r in journal.recent(s, topic=Topic.ALERTS)
                        if r.type == EventType.ROLLBACK_REQUESTED)
         audit = [(e.actor, e.action) for e in registry.audit_log(s, model="digits")]
     assert alert.envelope["data"]["severity"] == "critical" and alert.envelope["data"]["window_index"] == 1

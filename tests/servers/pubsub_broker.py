@@ -5,8 +5,8 @@ per-delivery ``delivery_attempt`` counting, dead-letter forwarding after ``max_d
 attributes real Pub/Sub adds), ordering keys (with ``enable_message_ordering``, no message of a key is
 delivered while an earlier one of that key is unacknowledged), fan-out to every subscription of a topic, and
 the per-stream flow control a StreamingPull client asks for. It does not implement retry-policy backoff,
-filters, push, snapshots or seek. It knows no gRPC beyond status codes: the server translates requests into
-calls on ``Broker`` and holds ``Broker.cond`` around each.
+filters, snapshots or seek (push is ``tests.servers.pubsub_push``'s). It knows no gRPC beyond status codes: the
+server translates requests into calls on ``Broker`` and holds ``Broker.cond`` around each.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A local server speaking the Pub/Sub gRPC API, so tests run the real ``google-cloud-pubsub`` client.
 
 The official emulator cannot be installed here, and a mock of the client would test nothing. This module is
-the gRPC side: the Publisher and Subscriber services, unary calls and StreamingPull with its reader thread.
+the gRPC side: the Publisher and Subscriber services, unary calls and StreamingPull with its reader thread, and
+push subscriptions (``tests.servers.pubsub_push``).
 What a message goes through (leases, redelivery, dead letters, ordering keys, flow control) is the broker's
 job, in ``tests.servers.pubsub_broker``.
 
@@ -23,6 +24,7 @@ import grpc
 from google.pubsub_v1 import types
 
 from tests.servers.pubsub_broker import DEFAULT_ACK_DEADLINE_S, PULL_WAIT_S, AbortError, Broker, Stream
+from tests.servers.pubsub_push import Pusher
 
 _SWEEP_INTERVAL_S = 0.05
 
@@ -48,6 +50,7 @@ class PubSubServer:
         self._server: grpc.Server | None = None
         self._stopping = threading.Event()
         self._sweeper: threading.Thread | None = None
+        self._pusher = Pusher(self._broker, self._stopping)
 
     def start(self) -> str:
         """Start serving; returns ``host:port`` (what ``PUBSUB_EMULATOR_HOST`` expects)."""
@@ -137,9 +140,20 @@ class PubSubServer:
             broker.modify_ack_deadline(broker.subscription(request.subscription), list(request.ack_ids),
                                        request.ack_deadline_seconds)
 
+        def create_subscription(config: types.Subscription) -> types.Subscription:
+            created = broker.create_subscription(config)
+            self._pusher.watch(created.name)
+            return created
+
+        def modify_push_config(request: types.ModifyPushConfigRequest) -> None:
+            broker.subscription(request.subscription).config.push_config = request.push_config
+            self._pusher.watch(request.subscription)
+            broker.cond.notify_all()
+
         return grpc.method_handlers_generic_handler("google.pubsub.v1.Subscriber", {
-            "CreateSubscription": _unary(self._call(broker.create_subscription), types.Subscription,
+            "CreateSubscription": _unary(self._call(create_subscription), types.Subscription,
                                          types.Subscription.serialize),
+            "ModifyPushConfig": _unary(self._call(modify_push_config), types.ModifyPushConfigRequest, _empty),
             "GetSubscription": _unary(self._call(lambda r: broker.subscription(r.subscription).config),
                                       types.GetSubscriptionRequest, types.Subscription.serialize),
             "DeleteSubscription": _unary(self._call(lambda r: broker.delete_subscription(r.subscription)),
