@@ -103,6 +103,7 @@ class LocalServingBackend:
         self.pool = WarmPool(size=warm_pods, python=python, root=self.pod_root / "warm", logs=self.pods_dir / "warm",
                              start=self._start_spare)
         self._adopt_previous_run()
+        self.pool.fill()
         self._supervisor = threading.Thread(target=self._supervise, name="local-serving-supervisor", daemon=True)
         self._supervisor.start()
 
