@@ -8,10 +8,9 @@ replica with exponential backoff (a pod that exits with the server's "artifact r
 when this process is root, and ``--expect-digest`` so it serves only the registered bytes. Every running pod
 is recorded in ``home/pods/state.json`` so a control plane that restarts adopts the pods of its previous run
 (same pid, same command line) instead of leaking or duplicating them. The only knowledge of the pod runtime
-here is its command line and its HTTP health endpoint.
-
-With ``warm_pods`` N, N spare pods wait with torch imported (``warm_pool``) and a deployment takes one instead of
-starting a pod cold; every deployment is first admitted against the pods' memory budget (``pod_memory``).
+here is its command line and its HTTP health endpoint. With ``warm_pods`` N, N spare pods wait with torch
+imported (``warm_pool``) and a deployment takes one instead of starting a pod cold; every deployment is first
+admitted against the pods' memory budget (``pod_memory``).
 """
 
 from __future__ import annotations
@@ -55,6 +54,7 @@ from schemas.errors import PermanentError, Reason
 log = structlog.get_logger("release.adapters.local_serving")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_POLL_S = 0.05  # a warm pod is ready in a fraction of a second: a health GET this often costs next to nothing
 
 
 @dataclass(kw_only=True)
@@ -157,7 +157,7 @@ class LocalServingBackend:
             if time.monotonic() >= deadline:
                 raise self._rollout_failed(spec, deployment.replicas[0],
                                            f"not ready after {timeout_s:g} s ({status.message})")
-            self._stopping.wait(self._interval)
+            self._stopping.wait(READY_POLL_S)
 
     def status(self, model: str, version: str) -> DeploymentStatus | None:
         """What runs for the version, or None when nothing does."""
@@ -244,11 +244,8 @@ class LocalServingBackend:
                               command=self._command(spec, port=port, artifact=local))
             self._spawn(replica, env=dict(spec.env))
             return replica
-        replica = take_over(spare, index=index, port=port, log_path=log_path, user=self._user(), artifact=artifact,
-                            command=lambda local: self._command(spec, port=port, artifact=local))
-        log.info("local_serving.warm_pod_taken", model=spec.model, version=spec.version, replica=index,
-                 pid=replica.pid)
-        return replica
+        return take_over(spare, index=index, port=port, log_path=log_path, user=self._user(), artifact=artifact,
+                         command=lambda local: self._command(spec, port=port, artifact=local))
 
     def _start_spare(self, folder: Path, log_path: Path, command: list[str]) -> subprocess.Popen[bytes]:
         """A warm spare, in the same sandbox as any pod: its own empty folder, the allow-listed env, the pod user."""

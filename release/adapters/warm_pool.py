@@ -117,4 +117,5 @@ def take_over(spare: Spare, *, index: int, port: int, log_path: Path, user: PodU
     replica = Replica(index=index, port=port, log_path=log_path, folder=spare.folder, process=spare.process,
                       pid=spare.process.pid, command=command(local), cmdline=spare.command)
     spare.start(replica.command[len(WARM_ARGS):])  # what follows ``python -m handlers.server``
+    log.info("warm_pool.spare_taken", pid=replica.pid, log_path=str(log_path))
     return replica
