@@ -4,7 +4,9 @@ A spare is ``python -m handlers.server --warm``, started exactly like a cold pod
 environment, its own empty folder, the pod account, a new session) with a pipe on stdin. ``take`` hands one to a
 deployment, which copies its artifact into the spare's folder and writes the pod's real command line (artifact,
 ``--expect-digest``, serving settings) down the pipe; from then on it is that version's pod and nothing else.
-``fill`` (the backend's supervisor calls it) replaces spares that were taken or died. A spare whose control plane
+``fill`` (the backend's supervisor calls it) replaces spares that died at once, and spares that were taken
+``replace_after_s`` later: a new spare's torch import would otherwise compete for the CPU with the very pod that
+was just taken while it loads and its gates run. A spare whose control plane
 goes away reads end of file and exits, so spares never outlive the process that started them.
 """
 
@@ -14,6 +16,7 @@ import contextlib
 import json
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,8 +59,11 @@ Starter = Callable[[Path, Path, list[str]], "subprocess.Popen[bytes]"]
 class WarmPool:
     """Up to ``size`` spares under ``root`` (folders) and ``logs`` (their logs until a version takes them)."""
 
-    def __init__(self, *, size: int, python: str, root: Path, logs: Path, start: Starter) -> None:
+    def __init__(self, *, size: int, python: str, root: Path, logs: Path, start: Starter,
+                 replace_after_s: float = 3.0) -> None:
         self.size = size
+        self.replace_after_s = replace_after_s
+        self._replace_at = 0.0
         self.command = [python, *WARM_ARGS]
         self.root = root
         self.logs = logs
@@ -69,18 +75,22 @@ class WarmPool:
         while self._spares:
             spare = self._spares.pop(0)
             if spare.alive():
+                self._replace_at = time.monotonic() + self.replace_after_s
                 return spare
             shutil.rmtree(spare.folder, ignore_errors=True)
         return None
 
     def fill(self) -> None:
-        """Drop spares that died; start new ones up to ``size``."""
-        for spare in [s for s in self._spares if not s.alive()]:
+        """Replace spares that died; start new ones up to ``size`` once ``replace_after_s`` passed since a take."""
+        died = [s for s in self._spares if not s.alive()]
+        for spare in died:
             log.warning("warm_pool.spare_died", pid=spare.process.pid, exit_code=spare.process.returncode,
                         log_path=str(spare.log_path))
             self._spares.remove(spare)
             shutil.rmtree(spare.folder, ignore_errors=True)  # its log stays, for the warning above
-        while len(self._spares) < self.size:
+        taken = max(self.size - len(self._spares) - len(died), 0)
+        target = self.size - taken if time.monotonic() < self._replace_at else self.size
+        while len(self._spares) < target:
             name = f"spare-{uuid.uuid4().hex[:12]}"
             self.logs.mkdir(parents=True, exist_ok=True)
             folder, log_path = self.root / name, self.logs / f"{name}.log"
