@@ -101,7 +101,7 @@ class LocalServingBackend:
         self._stopping = threading.Event()
         self.memory = MemoryBudget(memory_mb)
         self.pool = WarmPool(size=warm_pods, python=python, root=self.pod_root / "warm", logs=self.pods_dir / "warm",
-                             start=self._start_spare)
+                             start=self._start_spare, room=lambda: self.memory.fits(1, running=self._pod_pids()))
         self._adopt_previous_run()
         self.pool.fill()
         self._supervisor = threading.Thread(target=self._supervise, name="local-serving-supervisor", daemon=True)
@@ -127,7 +127,7 @@ class LocalServingBackend:
             if current is not None:
                 self._stop_deployment(current)
             self.memory.admit(model=spec.model, version=spec.version, replicas=spec.replicas,
-                              running=self._pod_pids())
+                              running=self._pod_pids(taking=0 if spec.env else spec.replicas))
             deployment = _Deployment(model=spec.model, version=spec.version, fingerprint=fingerprint,
                                      env=dict(spec.env))
             self._folder(spec.model, spec.version).mkdir(parents=True, exist_ok=True)
@@ -253,10 +253,11 @@ class LocalServingBackend:
         return start_pod(command, folder=folder, log_path=log_path, stdin=subprocess.PIPE, user=self._user(),
                          env=pod_environment(folder=folder, code=self._code(), extra={}, parent=os.environ))
 
-    def _pod_pids(self) -> list[int]:
-        """Every pod process this backend runs, spares included."""
+    def _pod_pids(self, *, taking: int = 0) -> list[int]:
+        """Every pod process this backend runs, and the spares but the ``taking`` that a deployment is about to take
+        (those count as its new pods)."""
         pods = [r.pid for d in self._deployments.values() for r in d.replicas if r.alive()]
-        return pods + self.pool.pids()
+        return pods + self.pool.pids()[taking:]
 
     def _spawn(self, replica: Replica, *, env: dict[str, str]) -> None:
         assert replica.folder is not None

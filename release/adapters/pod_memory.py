@@ -73,15 +73,22 @@ class MemoryBudget:
     def __init__(self, budget_mb: int = 0) -> None:
         self.budget_mb = budget_mb or default_budget_mb()
 
+    def fits(self, replicas: int, *, running: Iterable[int]) -> bool:
+        """True when ``replicas`` more pods fit beside the ``running`` ones."""
+        return self._need(replicas, running)[2]
+
     def admit(self, *, model: str, version: str, replicas: int, running: Iterable[int]) -> None:
         """Raise ``TemporaryError`` (``capacity``) unless ``replicas`` more pods fit beside ``running`` ones."""
-        sizes = tree_rss(running)
-        per_pod = max([*sizes, DEFAULT_POD_MB * MB])
-        used, needed = sum(sizes), replicas * per_pod
-        if used + needed <= self.budget_mb * MB:
+        used, needed, fits = self._need(replicas, running)
+        if fits:
             return
         raise TemporaryError(
             f"{model}:{version} needs about {needed // MB} MiB for {replicas} pod(s); local pods hold "
             f"{used // MB} MiB of the {self.budget_mb} MiB budget", reason=Reason.CAPACITY, delay=RETRY_DELAY_S,
             hint="Nothing to do: it is deployed once other versions retire. Raise RELEASE_POD_MEMORY_MB if the "
                  "machine has room.")
+
+    def _need(self, replicas: int, running: Iterable[int]) -> tuple[int, int, bool]:
+        sizes = tree_rss(running)
+        used, needed = sum(sizes), replicas * max([*sizes, DEFAULT_POD_MB * MB])
+        return used, needed, used + needed <= self.budget_mb * MB

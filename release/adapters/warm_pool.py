@@ -6,7 +6,8 @@ deployment, which copies its artifact into the spare's folder and writes the pod
 ``--expect-digest``, serving settings) down the pipe; from then on it is that version's pod and nothing else.
 ``fill`` (the backend's supervisor calls it) replaces spares that died at once, and spares that were taken
 ``replace_after_s`` later: a new spare's torch import would otherwise compete for the CPU with the very pod that
-was just taken while it loads and its gates run. A spare whose control plane
+was just taken while it loads and its gates run. Spares count against the pods' memory budget: one that does not
+fit is not started. A spare whose control plane
 goes away reads end of file and exits, so spares never outlive the process that started them.
 """
 
@@ -60,8 +61,10 @@ class WarmPool:
     """Up to ``size`` spares under ``root`` (folders) and ``logs`` (their logs until a version takes them)."""
 
     def __init__(self, *, size: int, python: str, root: Path, logs: Path, start: Starter,
-                 replace_after_s: float = 3.0) -> None:
+                 room: Callable[[], bool] = lambda: True, replace_after_s: float = 3.0) -> None:
+        """``room()`` says whether the pods' memory budget has room for one more spare."""
         self.size = size
+        self._room = room
         self.replace_after_s = replace_after_s
         self._replace_at = 0.0
         self.command = [python, *WARM_ARGS]
@@ -90,7 +93,7 @@ class WarmPool:
             shutil.rmtree(spare.folder, ignore_errors=True)  # its log stays, for the warning above
         taken = max(self.size - len(self._spares) - len(died), 0)
         target = self.size - taken if time.monotonic() < self._replace_at else self.size
-        while len(self._spares) < target:
+        while len(self._spares) < target and self._room():
             name = f"spare-{uuid.uuid4().hex[:12]}"
             self.logs.mkdir(parents=True, exist_ok=True)
             folder, log_path = self.root / name, self.logs / f"{name}.log"

@@ -81,9 +81,11 @@ def test_a_pod_from_a_spare_is_adopted_and_the_spare_left_behind_exits(artifacts
 
 
 def test_a_deploy_that_does_not_fit_the_memory_budget_waits_with_capacity(artifacts: Artifacts, tmp_path: Path):
-    """With a 1 MiB budget the deploy is refused as a TemporaryError (capacity) and starts no pod at all."""
-    backend = LocalServingBackend(home=tmp_path / "home", memory_mb=1)
+    """With a 1 MiB budget no spare is started, and the deploy is refused as a TemporaryError (capacity) without
+    starting any pod."""
+    backend = LocalServingBackend(home=tmp_path / "home", memory_mb=1, warm_pods=1)
     try:
+        assert backend.pool.pids() == []
         with pytest.raises(TemporaryError) as caught:
             backend.deploy(spec_for(artifacts.digits_ts))
         assert backend.status("digits", "1") is None
