@@ -86,19 +86,20 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_child(args.child, args.runs)))
         return 0
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    load_before = os.getloadavg()
     results: dict[str, dict[str, Any]] = {}
     if args.baseline is not None:
         results["baseline"] = summary(run_tree(args.baseline.resolve(), args.runs))
     results["this tree"] = summary(run_tree(REPO, args.runs))
-    out: dict[str, Any] = {"date": started, "load_average": os.getloadavg(), "cpus": os.cpu_count(),
-                           "results": results}
+    out: dict[str, Any] = {"date": started, "load_average_before": load_before,
+                           "load_average_after": os.getloadavg(), "cpus": os.cpu_count(), "results": results}
     if "baseline" in results:
         out["speedup"] = round(results["baseline"]["median_total_s"] / results["this tree"]["median_total_s"], 2)
     if args.json:
         print(json.dumps(out, indent=1))
     else:
         _print(results)
-        print(f"\nload average {out['load_average']}, {out['cpus']} CPUs, {started}"
+        print(f"\nload average {load_before} before, {out['load_average_after']} after; {out['cpus']} CPUs, {started}"
               + (f"; speedup {out['speedup']}x" if "speedup" in out else ""))
     return 0
 
