@@ -7,9 +7,9 @@ deployment, which copies its artifact into the spare's folder and writes the pod
 ``fill`` (the backend's supervisor calls it) replaces spares that were taken or died at once. When this process is
 root (so it can undo it) a spare waits at a low CPU priority (nice ``SPARE_NICE``), so that a replacement's torch
 import does not slow the pod just taken while it loads and its gates run; the taken pod gets the normal priority
-back, every thread of it. Spares count against the pods' memory budget: one that does not
-fit is not started. A spare whose control plane
-goes away reads end of file and exits, so spares never outlive the process that started them.
+back, every thread of it. Spares count against the pods' memory budget: one that does not fit is not started. A
+spare whose control plane goes away reads end of file and exits, so spares never outlive the process that started
+them.
 """
 
 from __future__ import annotations
