@@ -58,6 +58,7 @@ class Reason(StrEnum):
     HANDLER_ERROR = "handler_error"
     NOT_READY = "not_ready"
     RESCHEDULED = "rescheduled"
+    CAPACITY = "capacity"
     # Events and transport.
     EVENT_INVALID = "event_invalid"
     UNAVAILABLE = "unavailable"
