@@ -109,7 +109,8 @@ def _monitor(app: App, stop: threading.Event, parts: _Parts, registry: Collector
     monitor = DriftMonitor(engine=app.engine, bus=app.bus, store=app.store,
                            cache_dir=app.settings.home.resolve() / "artifacts",
                            default_policy=default_policy(app.settings).drift, metrics=DriftMetrics(registry),
-                           webhook_prefixes=app.settings.webhook_prefixes, console_url=app.settings.console_url)
+                           webhook_prefixes=app.settings.webhook_prefixes, console_url=app.settings.console_url,
+                           pod_namespace=app.settings.k8s_namespace)
     for spec in subscriptions(ack_deadline_s=app.settings.ack_deadline_s, max_attempts=app.settings.max_attempts):
         app.bus.ensure_subscription(spec)
     drift = Consumer(bus=app.bus, subscription=MONITOR_SUBSCRIPTION, handler=monitor.handle)

@@ -37,7 +37,7 @@ SERVER_PORT = 8080
 
 _MODELS_DIR = "/models"
 _TMP_DIR = "/tmp"  # noqa: S108 - an emptyDir mounted there, not the image's shared /tmp
-_SERVER_CONTAINER = "server"
+SERVER_CONTAINER = "server"  # the pod log entries the monitor accepts come from this container
 _FETCH_CONTAINER = "fetch-model"
 _GPU_RESOURCE = "nvidia.com/gpu"
 _ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -216,12 +216,12 @@ def _server_args(spec: DeploymentSpec, artifact: str, options: ServingOptions) -
         args += ["--expect-digest", spec.digest]
     if not spec.allow_model_code:
         args.append("--no-model-code")
-    return args
+    return args + spec.record_args(default=True)  # pods record unless a router says it does (RECORDED_BY_HEADER)
 
 
 def _server_container(spec: DeploymentSpec, artifact: str, options: ServingOptions) -> dict[str, Any]:
     return {
-        "name": _SERVER_CONTAINER,
+        "name": SERVER_CONTAINER,
         "image": options.image,
         "imagePullPolicy": options.image_pull_policy,
         # `command`, not `args`: the server starts the same whatever entrypoint the image declares.
