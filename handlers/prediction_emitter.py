@@ -6,9 +6,10 @@ records them (``schemas/pod_records.py`` says why stdout, and who records a requ
 Off the request path: the request side (``handlers/prediction_capture.py``) only samples and keeps references to
 the body chunks; it hands a ``Captured`` exchange to ``PredictionEmitter.offer``, which puts it on a bounded
 queue or, when the queue is full, drops and counts it. A background thread turns what was queued into records
-(the pure ``schemas.prediction_records``, the same code the router uses) every ``interval_s`` and prints them,
-batched into lines of at most ``MAX_LINE_BYTES``. Nothing here raises into a request: a record that cannot be
-made or printed is dropped and counted in ``pod_prediction_records_dropped_total{reason}``.
+(the pure ``schemas.prediction_records``, the same code the router uses) every ``interval_s``, or as soon as a
+quarter of the queue is used, and prints them batched into lines of at most ``MAX_LINE_BYTES``. Nothing here
+raises into a request: a record that cannot be made or printed is dropped and counted in
+``pod_prediction_records_dropped_total{reason}``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class PredictionEmitter:
         self._max_line = max_line_bytes
         self._rng = rng or random.Random()
         self._stop = threading.Event()
+        # Woken early when a quarter of the queue is used, so a busy pod never fills it between two intervals.
+        self._wake = threading.Event()
+        self._wake_at = max(1, capacity // 4)
         self._lock = threading.Lock()  # one flush at a time: the thread's, or close()'s last one
         self._thread = threading.Thread(target=self._run, name="prediction-emitter", daemon=True)
         self.registry = registry
@@ -96,6 +100,9 @@ class PredictionEmitter:
             self._queue.put_nowait(captured)
         except queue.Full:
             self.dropped.labels("queue_full").inc()
+            return
+        if self._queue.qsize() >= self._wake_at:
+            self._wake.set()
 
     def start(self) -> None:
         """Start the background printer."""
@@ -104,6 +111,7 @@ class PredictionEmitter:
     def close(self) -> None:
         """Stop after printing what is queued."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
         self.flush()
@@ -121,7 +129,9 @@ class PredictionEmitter:
             return self._print(records)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        while not self._stop.is_set():
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
             self.flush()
 
     def _encoded(self, captured: Captured) -> list[bytes]:

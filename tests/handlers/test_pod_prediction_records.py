@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -76,6 +77,20 @@ def test_records_are_batched_into_bounded_lines_of_the_served_version() -> None:
     assert {(r.model, r.version) for r in records} == {("m", "1")}
     assert records[0].inputs == [0.5] * 4 and records[0].predicted_class == 1
     assert all(json.loads(line)["kind"] == POD_RECORDS_KIND for line in lines)
+
+
+def test_a_busy_pod_prints_before_the_interval_ends() -> None:
+    """Once a quarter of the queue is used the printer wakes, so a busy pod does not fill it between intervals."""
+    printed = threading.Event()
+    e = emitter([], write=lambda _line: printed.set(), capacity=8, interval_s=3600)
+    e.start()
+    try:
+        e.offer(captured(request_id="first"))
+        assert not printed.wait(0.2)  # one record waits for the interval (an hour here)
+        e.offer(captured(request_id="second"))  # 2 of 8: the printer wakes now
+        assert printed.wait(30)
+    finally:
+        e.close()
 
 
 def test_a_full_queue_drops_and_counts_without_blocking() -> None:
