@@ -31,9 +31,10 @@ from schemas.predictions import PredictionRecord
 POD_RECORDS_KIND: Literal["modelrelease.dev/prediction-records.v1"] = "modelrelease.dev/prediction-records.v1"
 #: The request header by which the router says it records the request itself.
 RECORDED_BY_HEADER = "x-prediction-recorded-by"
-#: The most a pod writes in one line. Cloud Logging refuses LogEntries over 256 KiB; what the sink adds around
-#: the payload (resource, labels, timestamps) must fit beside it.
-MAX_LINE_BYTES = 128 * 1024
+#: The most a pod writes in one line. The container runtime splits longer lines into partial ones (containerd's
+#: default line limit is 16 KiB), which would no longer parse as JSON; a record alone larger than this (wide
+#: inputs, a thousand values and more) is dropped and counted rather than cut.
+MAX_LINE_BYTES = 16_000
 #: The largest sink message read: a LogEntry is at most 256 KiB; anything larger is not one.
 MAX_ENTRY_BYTES = 300_000
 LOGGING_SOURCE = "//logging.googleapis.com"
