@@ -30,7 +30,6 @@ FUNCTION="${FUNCTION:-release-intake}"
 INTAKE_MODULE="${INTAKE_MODULE:-functions.main}"
 IMAGE_TAG="${IMAGE_TAG:-$(git rev-parse --short HEAD 2>/dev/null || echo latest)}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
-PREDICTION_SINK="${PREDICTION_SINK:-release-pod-prediction-records}"
 
 TOPICS=(model-events prediction-logs drift-metrics alerts)
 # subscription:topic pairs, named as the services ensure them (release/bootstrap.py, monitoring/monitor.py).
@@ -131,22 +130,22 @@ create_pubsub() {
 
 create_prediction_sink() {
   log "Cloud Logging sink: the prediction records serving pods print, to prediction-logs"
-  local destination filter writer
+  local sink="${PREDICTION_SINK:-release-pod-prediction-records}" destination filter writer
   destination="pubsub.googleapis.com/projects/${PROJECT_ID}/topics/prediction-logs"
   # Only the record lines of the serving containers (schemas/pod_records.py, handlers/prediction_emitter.py).
   # The monitor still checks every entry's resource labels and refuses records of any other version.
   filter="resource.type=\"k8s_container\" AND resource.labels.namespace_name=\"${NAMESPACE}\""
   filter+=" AND resource.labels.container_name=\"server\""
   filter+=" AND jsonPayload.kind=\"modelrelease.dev/prediction-records.v1\""
-  if exists gcloud logging sinks describe "$PREDICTION_SINK" --project "$PROJECT_ID"; then
-    gcloud logging sinks update "$PREDICTION_SINK" "$destination" --log-filter "$filter" --project "$PROJECT_ID" \
+  if exists gcloud logging sinks describe "$sink" --project "$PROJECT_ID"; then
+    gcloud logging sinks update "$sink" "$destination" --log-filter "$filter" --project "$PROJECT_ID" \
       --quiet
   else
-    gcloud logging sinks create "$PREDICTION_SINK" "$destination" --log-filter "$filter" --project "$PROJECT_ID" \
+    gcloud logging sinks create "$sink" "$destination" --log-filter "$filter" --project "$PROJECT_ID" \
       --quiet
   fi
   # The sink writes as its own service account: it may publish to prediction-logs and nowhere else.
-  writer="$(gcloud logging sinks describe "$PREDICTION_SINK" --project "$PROJECT_ID" --format 'value(writerIdentity)')"
+  writer="$(gcloud logging sinks describe "$sink" --project "$PROJECT_ID" --format 'value(writerIdentity)')"
   gcloud pubsub topics add-iam-policy-binding prediction-logs --project "$PROJECT_ID" \
     --member "$writer" --role roles/pubsub.publisher --quiet >/dev/null
 }
