@@ -47,6 +47,8 @@ class PodSettings:
     http_workers: int = 1
     handoff_mb: int = 64
     batch_workers: int = 1
+    record_predictions: bool = False
+    prediction_sample_rate: float = 1.0
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -72,6 +74,13 @@ def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
     return value
 
 
@@ -114,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-workers", type=_positive_int, default=1,
                         help="threads running batches at once, so one batch is prepared while another runs "
                              "(built-in handlers without --compile only)")
+    parser.add_argument("--record-predictions", action="store_true",
+                        help="print sampled prediction records as JSON lines for the drift monitor "
+                             "(handlers.prediction_emitter); for routing that bypasses the Python router")
+    parser.add_argument("--prediction-sample-rate", type=_rate, default=1.0,
+                        help="share of prediction requests recorded (the policy's drift.sample_rate)")
     return parser
 
 
@@ -134,4 +148,5 @@ def parse_settings(argv: Sequence[str] | None, *, environ: Mapping[str, str]) ->
         expect_sha256=args.expect_sha256, expect_digest=args.expect_digest, work_dir=args.work_dir,
         drain_timeout_s=args.drain_timeout_s,
         log_format=args.log_format, log_level=args.log_level, http_workers=args.http_workers,
-        handoff_mb=args.handoff_mb, batch_workers=args.batch_workers)
+        handoff_mb=args.handoff_mb, batch_workers=args.batch_workers,
+        record_predictions=args.record_predictions, prediction_sample_rate=args.prediction_sample_rate)

@@ -45,6 +45,7 @@ from monitoring.alert_webhooks import WebhookQueue, WebhookSender, post_json
 from monitoring.alerts import AlertAction, AlertState, classify, step
 from monitoring.measure import measure
 from monitoring.metrics import DriftMetrics
+from monitoring.pod_records import pod_batch
 from monitoring.profile import ReferenceProfile, profile_from_dict
 from monitoring.reference import profile_for_version
 from monitoring.windows import WindowAccumulator, WindowData, WindowKey
@@ -100,10 +101,12 @@ class DriftMonitor:
     def __init__(self, *, engine: Engine, bus: EventBus, store: ArtifactStore, cache_dir: Path,
                  default_policy: DriftPolicy | None = None, webhook: WebhookSender | None = None,
                  metrics: DriftMetrics | None = None, retention: timedelta = PREDICTION_RETENTION,
-                 webhook_prefixes: tuple[str, ...] = (), console_url: str = "") -> None:
+                 webhook_prefixes: tuple[str, ...] = (), console_url: str = "",
+                 pod_namespace: str = "model-release") -> None:
         """``webhook_prefixes`` is the operator's allow-list (RELEASE_WEBHOOK_ALLOW): a policy's webhook outside it
         is never called, even if it reached a stored policy some other way. ``console_url`` (the dashboard's
-        address, RELEASE_CONSOLE_URL) adds a link to webhook messages."""
+        address, RELEASE_CONSOLE_URL) adds a link to webhook messages. ``pod_namespace`` (RELEASE_K8S_NAMESPACE)
+        is where the serving pods whose printed records are accepted run (``monitoring.pod_records``)."""
         self._engine = engine
         self._bus = bus
         self._store = store
@@ -114,6 +117,7 @@ class DriftMonitor:
         self._webhooks = WebhookQueue(webhook or post_json)
         self._webhook_prefixes = webhook_prefixes
         self._console_url = console_url
+        self._pod_namespace = pod_namespace
         self._versions: dict[WindowKey, _VersionInfo] = {}
         self._windows: dict[WindowKey, WindowAccumulator] = {}
 
@@ -132,10 +136,14 @@ class DriftMonitor:
             self._versions[(event.model, event.version)] = info
 
     def handle(self, event: CloudEvent) -> None:
-        """Count one ``predictions.logged`` batch; other event types on the topic are ignored."""
-        if event.type != EventType.PREDICTIONS_LOGGED:
+        """Count one ``predictions.logged`` batch, or the records a pod printed (``pod_records.logged``); other
+        event types on the topic are ignored."""
+        if event.type == EventType.POD_RECORDS_LOGGED:
+            batch = pod_batch(event.data, namespace=self._pod_namespace)
+        elif event.type == EventType.PREDICTIONS_LOGGED:
+            batch = _parse(event)
+        else:
             return
-        batch = _parse(event)
         infos = self._infos({(r.model, r.version) for r in batch.records})
         records = [r for r in batch.records if (r.model, r.version) in infos]
         with session_scope(self._engine) as session:

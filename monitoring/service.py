@@ -16,4 +16,5 @@ def drift_monitor(app: App, *, metrics: DriftMetrics | None = None) -> DriftMoni
     return DriftMonitor(engine=app.engine, bus=app.bus, store=app.store,
                         cache_dir=app.settings.home.resolve() / "artifacts",
                         default_policy=default_policy(app.settings).drift, metrics=metrics,
-                        webhook_prefixes=app.settings.webhook_prefixes, console_url=app.settings.console_url)
+                        webhook_prefixes=app.settings.webhook_prefixes, console_url=app.settings.console_url,
+                        pod_namespace=app.settings.k8s_namespace)

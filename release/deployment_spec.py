@@ -30,4 +30,5 @@ def deployment_spec(view: VersionView, *, local_path: Path | None = None, gpu: b
                           max_batch_delay_ms=serving.max_batch_delay_ms, http_workers=serving.http_workers,
                           accelerator=serving.accelerator, gpus=serving.gpus, cpu=serving.cpu,
                           memory=serving.memory, max_replicas=serving.max_replicas,
-                          target_queue_ms=serving.target_queue_ms)
+                          target_queue_ms=serving.target_queue_ms, record_predictions=policy.drift.pod_records,
+                          prediction_sample_rate=policy.drift.sample_rate)

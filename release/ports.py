@@ -187,6 +187,15 @@ class DeploymentSpec:
     max_replicas: int = 4
     target_queue_ms: float = 50.0
     env: dict[str, str] = field(default_factory=dict)
+    record_predictions: bool | None = None
+    """Whether pods print prediction records (``handlers.prediction_emitter``); None: the backend's default."""
+    prediction_sample_rate: float = 1.0
+
+    def record_args(self, *, default: bool) -> list[str]:
+        """The pod server's flags for ``record_predictions``, ``default`` (the backend's) when it is unset."""
+        if not (default if self.record_predictions is None else self.record_predictions):
+            return []
+        return ["--record-predictions", "--prediction-sample-rate", f"{self.prediction_sample_rate:g}"]
 
 
 @dataclass(frozen=True)

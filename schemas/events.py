@@ -39,6 +39,8 @@ class EventType(StrEnum):
     RELEASE_ROLLED_BACK = "dev.modelrelease.release.rolled_back.v1"
     ROLLBACK_REQUESTED = "dev.modelrelease.release.rollback_requested.v1"
     PREDICTIONS_LOGGED = "dev.modelrelease.predictions.logged.v1"
+    #: A Cloud Logging entry of records a pod printed (``schemas.pod_records``); its data is the LogEntry.
+    POD_RECORDS_LOGGED = "dev.modelrelease.pod_records.logged.v1"
     DRIFT_MEASURED = "dev.modelrelease.drift.measured.v1"
     DRIFT_ALERT = "dev.modelrelease.drift.alert.v1"
     DRIFT_RESOLVED = "dev.modelrelease.drift.resolved.v1"

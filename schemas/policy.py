@@ -123,6 +123,9 @@ class DriftPolicy(_Frozen):
     rollback_on_critical: bool = False
     sample_rate: Annotated[float, Field(ge=0, le=1)] = 1.0
     webhook_url: str | None = None
+    pod_records: bool | None = None
+    """Whether serving pods print prediction records themselves (for routing that bypasses the Python router);
+    None: on Kubernetes, off for local pods. A request the router records is never recorded by the pod too."""
 
 
 #: Kubernetes resource quantities, e.g. ``500m`` or ``2`` CPUs, ``8Gi`` of memory.

@@ -95,7 +95,7 @@ enable_apis() {
     artifactregistry.googleapis.com cloudbuild.googleapis.com cloudfunctions.googleapis.com \
     cloudscheduler.googleapis.com \
     compute.googleapis.com container.googleapis.com eventarc.googleapis.com iam.googleapis.com \
-    monitoring.googleapis.com pubsub.googleapis.com run.googleapis.com secretmanager.googleapis.com \
+    logging.googleapis.com monitoring.googleapis.com pubsub.googleapis.com run.googleapis.com secretmanager.googleapis.com \
     servicenetworking.googleapis.com sqladmin.googleapis.com storage.googleapis.com \
     vpcaccess.googleapis.com
 }
@@ -155,6 +155,28 @@ create_pubsub() {
     gcloud pubsub subscriptions add-iam-policy-binding "$subscription" --project "$PROJECT_ID" \
       --member "$pubsub_agent" --role roles/pubsub.subscriber --quiet >/dev/null
   done
+}
+
+create_prediction_sink() {
+  log "Cloud Logging sink: the prediction records serving pods print, to prediction-logs"
+  local sink="${PREDICTION_SINK:-release-pod-prediction-records}" destination filter writer
+  destination="pubsub.googleapis.com/projects/${PROJECT_ID}/topics/prediction-logs"
+  # Only the record lines of the serving containers (schemas/pod_records.py, handlers/prediction_emitter.py).
+  # The monitor still checks every entry's resource labels and refuses records of any other version.
+  filter="resource.type=\"k8s_container\" AND resource.labels.namespace_name=\"${NAMESPACE}\""
+  filter+=" AND resource.labels.container_name=\"server\""
+  filter+=" AND jsonPayload.kind=\"modelrelease.dev/prediction-records.v1\""
+  if exists gcloud logging sinks describe "$sink" --project "$PROJECT_ID"; then
+    gcloud logging sinks update "$sink" "$destination" --log-filter "$filter" --project "$PROJECT_ID" \
+      --quiet
+  else
+    gcloud logging sinks create "$sink" "$destination" --log-filter "$filter" --project "$PROJECT_ID" \
+      --quiet
+  fi
+  # The sink writes as its own service account: it may publish to prediction-logs and nowhere else.
+  writer="$(gcloud logging sinks describe "$sink" --project "$PROJECT_ID" --format 'value(writerIdentity)')"
+  gcloud pubsub topics add-iam-policy-binding prediction-logs --project "$PROJECT_ID" \
+    --member "$writer" --role roles/pubsub.publisher --quiet >/dev/null
 }
 
 create_private_network() {
@@ -519,6 +541,7 @@ main() {
   create_registry
   create_bucket
   create_pubsub
+  create_prediction_sink
   create_private_network
   create_database
   build_images

@@ -38,7 +38,7 @@ Manifest = dict[str, Any]
 SERVER_PORT = 8080
 
 _TMP_DIR = "/tmp"  # noqa: S108 - an emptyDir mounted there, not the image's shared /tmp
-_SERVER_CONTAINER = "server"
+SERVER_CONTAINER = "server"  # the pod log entries the monitor accepts come from this container
 _FETCH_CONTAINER = "fetch-model"
 _GPU_RESOURCE = "nvidia.com/gpu"
 _ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
@@ -200,13 +200,13 @@ def _server_args(spec: DeploymentSpec, artifact: str, options: ServingOptions) -
         args += ["--expect-digest", spec.digest]
     if not spec.allow_model_code:
         args.append("--no-model-code")
-    return args
+    return args + spec.record_args(default=True)  # pods record unless a router says it does (RECORDED_BY_HEADER)
 
 
 def _server_container(spec: DeploymentSpec, artifact: str, options: ServingOptions,
                       mounts: list[dict[str, Any]]) -> dict[str, Any]:
     return {
-        "name": _SERVER_CONTAINER,
+        "name": SERVER_CONTAINER,
         "image": options.image,
         "imagePullPolicy": options.image_pull_policy,
         # `command`, not `args`: the server starts the same whatever entrypoint the image declares.

@@ -223,7 +223,7 @@ class LocalServingBackend:
             command += ["--expect-digest", spec.digest]
         if not spec.allow_model_code:
             command.append("--no-model-code")
-        return command
+        return command + spec.record_args(default=False)  # the embedded router records what local pods serve
 
     def _fingerprint(self, spec: DeploymentSpec) -> str:
         fields = {"artifact": str(spec.local_path), "replicas": spec.replicas, "gpu": spec.gpu,

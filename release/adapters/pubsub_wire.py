@@ -17,6 +17,7 @@ from release.adapters.vendor_errors import ErrorTable, raise_translated, transla
 from release.ports import DeadLetter
 from schemas.errors import PermanentError, Reason, TemporaryError
 from schemas.events import CloudEvent
+from schemas.pod_records import log_entry_event
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 DEAD_LETTER_SUFFIX = "-dead-letter"
@@ -70,10 +71,13 @@ def encode(event: CloudEvent) -> tuple[bytes, dict[str, str]]:
 
 
 def decode(data: bytes) -> CloudEvent:
-    """The CloudEvent in a message body; ``PermanentError(EVENT_INVALID)`` when it is not one."""
+    """The CloudEvent in a message body, or a Cloud Logging sink's LogEntry wrapped as one (pods' prediction
+    records, ``schemas.pod_records``); ``PermanentError(EVENT_INVALID)`` when it is neither."""
     try:
         return CloudEvent.model_validate_json(data)
     except ValidationError as e:
+        if (entry := log_entry_event(data)) is not None:
+            return entry
         raise PermanentError(f"message body is not a structured CloudEvent: {e.errors()[0]['msg']}",
                              reason=Reason.EVENT_INVALID) from e
 

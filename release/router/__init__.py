@@ -1,8 +1,9 @@
 """The router: the one address clients use. Resolves alias -> version -> pods and proxies the request.
 
 One module per job: ``route_table`` (resolution and its TTL cache), ``pod_client`` (forwarding to a version's pods
-and when to try another), ``proxy`` (the HTTP endpoints, headers and error answers), ``prediction_records`` and
-``prediction_log`` (what is logged for drift monitoring, and publishing it off the request path), ``metrics``.
+and when to try another), ``proxy`` (the HTTP endpoints, headers and error answers), ``prediction_log``
+(publishing what is logged for drift monitoring off the request path; the records come from
+``schemas.prediction_records``, which the pods share), ``metrics``.
 The names below are the router's public surface; importers need nothing else.
 """
 

@@ -13,7 +13,8 @@
   is read when ``Content-Length`` says so, as soon as it passes the limit when streamed), and metric labels name
   only models the registry knows (``metrics.model_label``).
 - Successful predictions of every kind (OIP JSON or binary, ``/predictions``, ``/predict``) are sampled at the
-  version's drift policy rate, turned into records (``prediction_records``) and handed to the prediction logger.
+  version's drift policy rate, turned into records (``schemas.prediction_records``) and handed to the prediction
+  logger; the pod is told so (``RECORDED_BY_HEADER``) and does not record them again.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from starlette.routing import Route
 from release.router.metrics import RouterMetrics, model_label
 from release.router.pod_client import Answer, PodClient
 from release.router.prediction_log import PredictionLogger
-from release.router.prediction_records import Exchange, prediction_records
 from release.router.request_body import DEFAULT_MAX_BODY_BYTES, check_declared_length, read_limited
 from release.router.route_table import PROD, RouteTable, Target
 from schemas.error_table import http_status, retry_after
 from schemas.errors import ReleaseError
+from schemas.pod_records import RECORDED_BY_HEADER
+from schemas.prediction_records import Exchange, prediction_records
 
 log = structlog.get_logger(__name__)
 
@@ -134,6 +136,8 @@ class Router:
         forward = {name: request.headers[name] for name in FORWARDED_HEADERS if name in request.headers}
         forward.setdefault("content-type", "application/json")
         forward["x-request-id"] = request_id
+        if self._logger is not None:  # this router records the request: the pod must not record it again
+            forward[RECORDED_BY_HEADER] = "router"
         target, version, answer = await self._send(target, ref, path, body, forward)
         total = self._clock() - started
         headers.update({"X-Model-Version": version, "X-Model-Name": model,

@@ -55,7 +55,7 @@ def _drift_samples(capsys: pytest.CaptureFixture[str]) -> int:
     return sum(int(w["samples"]) for w in report["windows"] if w["version"] == "1")
 
 
-def _wait_published(router: RouterProcess, want: int) -> None:
+def wait_published(router: RouterProcess, want: int) -> None:
     deadline = time.monotonic() + 60
     while router.logger.published < want:  # the logger publishes off the request path
         assert time.monotonic() < deadline, f"only {router.logger.published} prediction records published"
@@ -77,14 +77,14 @@ def test_binary_oip_and_predictions_requests_reach_drift_windows(app: App,
             body, headers = binary_request(row[None, :])
             response = client.post(f"/v2/models/{MODEL}/infer", content=body, headers=headers)
             assert response.status_code == 200, response.text
-        _wait_published(router, REQUESTS)
+        wait_published(router, REQUESTS)
         drain(app, monitor)
         assert _drift_samples(capsys) == REQUESTS
 
         for row in rows:
             response = client.post(f"/predictions/{MODEL}", json=row.tolist())
             assert response.status_code == 200, response.text
-        _wait_published(router, 2 * REQUESTS)
+        wait_published(router, 2 * REQUESTS)
         drain(app, monitor)
 
     assert _drift_samples(capsys) == 2 * REQUESTS

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from release.db import session_scope
 from release.router.metrics import RouterMetrics
 from release.router.prediction_log import PredictionLogger
-from release.router.prediction_records import MAX_ROWS_PER_REQUEST, Exchange, prediction_records
+from schemas.prediction_records import MAX_ROWS_PER_REQUEST, Exchange, prediction_records
 from tests.handlers.pod_testkit import Pod
 from tests.release.router_testkit import MODEL, Harness, RecordingBus, Upstream, add_version, move_alias, record
 

@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 from release import registry
 from release.db import session_scope
 from release.router import PredictionLogger
-from release.router.prediction_records import MAX_ROWS_PER_REQUEST, Exchange, prediction_records
 from schemas.manifest import TensorSpec
+from schemas.prediction_records import MAX_ROWS_PER_REQUEST, Exchange, prediction_records
 from tests.handlers.pod_testkit import Pod
 from tests.release.router_testkit import MODEL, Harness, RecordingBus, move_alias
 

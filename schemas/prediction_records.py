@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import orjson
 
-from release.router.request_rows import MAX_ROWS_PER_REQUEST, Rows, answer_rows, oip_rows, torchserve_rows
 from schemas.manifest import TensorSpec
 from schemas.predictions import PredictionRecord
+from schemas.request_rows import MAX_ROWS_PER_REQUEST, Rows, answer_rows, oip_rows, torchserve_rows
 
 __all__ = ["MAX_ROWS_PER_REQUEST", "Exchange", "prediction_records"]
 
