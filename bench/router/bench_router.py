@@ -111,14 +111,14 @@ BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1,
 
 async def _closed_loop(url: str, concurrency: int, seconds: float, warmup_s: float) -> dict[str, float]:
     latencies: list[float] = []
-    errors = 0
+    errors = warmup = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, headers={"content-type": "application/json"}) as session:
         start = time.perf_counter()
         measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
 
         async def client() -> None:
-            nonlocal errors
+            nonlocal errors, warmup
             while (now := time.perf_counter()) < stop_at:
                 async with session.post(url, data=BODY) as response:
                     await response.read()
@@ -126,10 +126,12 @@ async def _closed_loop(url: str, concurrency: int, seconds: float, warmup_s: flo
                 if now >= measure_from:
                     latencies.append(time.perf_counter() - now)
                     errors += not ok
+                else:
+                    warmup += 1
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
     ms = np.asarray(latencies) * 1000
-    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / seconds,
+    return {"requests": len(latencies), "warmup_requests": warmup, "errors": errors, "rps": len(latencies) / seconds,
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
@@ -181,7 +183,12 @@ def overhead(app: App, seconds: float, rounds: int) -> list[dict[str, Any]]:
         for round_ in range(1, rounds + 1):
             for concurrency in CONCURRENCY:
                 direct = asyncio.run(_closed_loop(f"{endpoint}/v2/models/{MODEL}/infer", concurrency, seconds, 1.0))
+                cpu_before = _cpu_s(router.pid)
                 routed = asyncio.run(_closed_loop(f"{router_url}/v2/models/{MODEL}/infer", concurrency, seconds, 1.0))
+                # CPU the router process spent per request (warm-up included in both): steadier than req/s on a
+                # shared machine, since it does not depend on how much of the cores the router got.
+                routed["router_cpu_us_per_request"] = ((_cpu_s(router.pid) - cpu_before) * 1e6
+                                                       / max(1, routed["requests"] + routed["warmup_requests"]))
                 rows.append({"round": round_, "concurrency": concurrency, "direct": direct, "router": routed,
                              "throughput_ratio": routed["rps"] / direct["rps"],
                              "added_p50_ms": routed["p50_ms"] - direct["p50_ms"],
@@ -193,6 +200,12 @@ def overhead(app: App, seconds: float, rounds: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per concurrency: the median over the rounds of the throughput ratio and of the added p50 and p99."""
     out = []
@@ -200,17 +213,21 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = [r for r in rows if r["concurrency"] == concurrency]
         out.append({"concurrency": concurrency, "rounds": len(mine),
                     **{f"median_{key}": float(np.median([r[key] for r in mine]))
-                       for key in ("throughput_ratio", "added_p50_ms", "added_p99_ms")}})
+                       for key in ("throughput_ratio", "added_p50_ms", "added_p99_ms")},
+                    "median_router_cpu_us_per_request": float(np.median(
+                        [r["router"]["router_cpu_us_per_request"] for r in mine]))})
     return out
 
 
 # ---------------------------------------------------------------------------------------------- output
 def _print(overhead_rows: list[dict[str, Any]], release_rows: list[dict[str, Any]]) -> None:
-    print("\n| concurrency | rounds | median router/direct | median added p50 ms | median added p99 ms |")
-    print("|---:|---:|---:|---:|---:|")
+    print("\n| concurrency | rounds | median router/direct | median added p50 ms | median added p99 ms | "
+          "median router CPU us/request |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for m in summary(overhead_rows):
         print(f"| {m['concurrency']} | {m['rounds']} | {m['median_throughput_ratio']:.2f} | "
-              f"{m['median_added_p50_ms']:.2f} | {m['median_added_p99_ms']:.2f} |")
+              f"{m['median_added_p50_ms']:.2f} | {m['median_added_p99_ms']:.2f} | "
+              f"{m['median_router_cpu_us_per_request']:.0f} |")
     print("\n| round | concurrency | direct req/s | router req/s | router/direct | direct p50 / p99 ms | "
           "router p50 / p99 ms | added p50 ms | added p99 ms | errors | load 1m |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
