@@ -33,7 +33,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
 
 import structlog
 import uvicorn
@@ -331,8 +330,7 @@ def start_stack(app: App, *, role: str = "all", functions: bool = False) -> Stac
     web: ASGIApp
     if parts.router is not None:
         # The router keeps its own /metrics (the same registry); /healthz is added beside it.
-        # Starlette takes any BaseRoute (the dashboard's static Mount among them); the helper is typed narrower.
-        web = build_router_app(parts.router, extra_routes=cast("list[Route]", [health[0], *parts.routes]))
+        web = build_router_app(parts.router, extra_routes=[health[0], *parts.routes])
     else:
         web = Starlette(routes=[*health, *parts.routes])
     return Stack(web=web, stop=stop, parts=parts)

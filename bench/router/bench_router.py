@@ -6,9 +6,11 @@
 (b) The demo flow (``app/demo.py``): digits v1 (baseline) and v2 (better) dropped into the bucket folder,
     then intake and the controller run until idle. Step times come from the audit log and the event journal.
 
-    /work/venv/bin/python bench/router/bench_router.py [--seconds 4] [--out bench/router/results.json]
+    .venv/bin/python bench/router/bench_router.py [--seconds 4] [--rounds 3] [--out bench/router/results.json]
 
-Loopback only; every process shares the machine's cores, which is part of what is measured.
+Loopback only; every process shares the machine's cores, which is part of what is measured. On a shared machine
+one point swings with what else runs, so (a) is measured in ``--rounds`` rounds, each direct then routed at every
+concurrency, and the summary gives the median ratio and added p50 over the rounds (each ratio from one round).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -108,14 +111,14 @@ BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1,
 
 async def _closed_loop(url: str, concurrency: int, seconds: float, warmup_s: float) -> dict[str, float]:
     latencies: list[float] = []
-    errors = 0
+    errors = warmup = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, headers={"content-type": "application/json"}) as session:
         start = time.perf_counter()
         measure_from, stop_at = start + warmup_s, start + warmup_s + seconds
 
         async def client() -> None:
-            nonlocal errors
+            nonlocal errors, warmup
             while (now := time.perf_counter()) < stop_at:
                 async with session.post(url, data=BODY) as response:
                     await response.read()
@@ -123,10 +126,12 @@ async def _closed_loop(url: str, concurrency: int, seconds: float, warmup_s: flo
                 if now >= measure_from:
                     latencies.append(time.perf_counter() - now)
                     errors += not ok
+                else:
+                    warmup += 1
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
     ms = np.asarray(latencies) * 1000
-    return {"requests": len(latencies), "errors": errors, "rps": len(latencies) / seconds,
+    return {"requests": len(latencies), "warmup_requests": warmup, "errors": errors, "rps": len(latencies) / seconds,
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
@@ -167,37 +172,72 @@ def serve_router(home: Path, port: int) -> None:
     uvicorn.run(build_router_app(router), host="127.0.0.1", port=port, log_level="warning")
 
 
-def overhead(app: App, seconds: float) -> list[dict[str, Any]]:
-    """Direct vs routed closed-loop runs against PROD's pod."""
+def overhead(app: App, seconds: float, rounds: int) -> list[dict[str, Any]]:
+    """Direct vs routed closed-loop runs against PROD's pod, ``rounds`` times over every concurrency."""
     with session_scope(app.engine) as s:
         prod = registry.get_alias(s, MODEL, registry.PROD)
         endpoint = registry.get_deployment(s, prod.version_id or 0).endpoints[0]  # type: ignore[union-attr]
     router, router_url = _start_router(app.settings.home)
     rows = []
     try:
-        for concurrency in CONCURRENCY:
-            direct = asyncio.run(_closed_loop(f"{endpoint}/v2/models/{MODEL}/infer", concurrency, seconds, 1.0))
-            routed = asyncio.run(_closed_loop(f"{router_url}/v2/models/{MODEL}/infer", concurrency, seconds, 1.0))
-            rows.append({"concurrency": concurrency, "direct": direct, "router": routed,
-                         "throughput_ratio": routed["rps"] / direct["rps"],
-                         "added_p50_ms": routed["p50_ms"] - direct["p50_ms"],
-                         "added_p99_ms": routed["p99_ms"] - direct["p99_ms"]})
+        for round_ in range(1, rounds + 1):
+            for concurrency in CONCURRENCY:
+                direct = asyncio.run(_closed_loop(f"{endpoint}/v2/models/{MODEL}/infer", concurrency, seconds, 1.0))
+                cpu_before = _cpu_s(router.pid)
+                routed = asyncio.run(_closed_loop(f"{router_url}/v2/models/{MODEL}/infer", concurrency, seconds, 1.0))
+                # CPU the router process spent per request (warm-up included in both): steadier than req/s on a
+                # shared machine, since it does not depend on how much of the cores the router got.
+                routed["router_cpu_us_per_request"] = ((_cpu_s(router.pid) - cpu_before) * 1e6
+                                                       / max(1, routed["requests"] + routed["warmup_requests"]))
+                rows.append({"round": round_, "concurrency": concurrency, "direct": direct, "router": routed,
+                             "throughput_ratio": routed["rps"] / direct["rps"],
+                             "added_p50_ms": routed["p50_ms"] - direct["p50_ms"],
+                             "added_p99_ms": routed["p99_ms"] - direct["p99_ms"],
+                             "load_average_1m": os.getloadavg()[0]})
     finally:
         router.terminate()
         router.wait(timeout=20)
     return rows
 
 
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per concurrency: the median over the rounds of the throughput ratio and of the added p50 and p99."""
+    out = []
+    for concurrency in CONCURRENCY:
+        mine = [r for r in rows if r["concurrency"] == concurrency]
+        out.append({"concurrency": concurrency, "rounds": len(mine),
+                    **{f"median_{key}": float(np.median([r[key] for r in mine]))
+                       for key in ("throughput_ratio", "added_p50_ms", "added_p99_ms")},
+                    "median_router_cpu_us_per_request": float(np.median(
+                        [r["router"]["router_cpu_us_per_request"] for r in mine]))})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- output
 def _print(overhead_rows: list[dict[str, Any]], release_rows: list[dict[str, Any]]) -> None:
-    print("\n| concurrency | direct req/s | router req/s | router/direct | direct p50 / p99 ms | "
-          "router p50 / p99 ms | added p50 ms | added p99 ms | errors |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| concurrency | rounds | median router/direct | median added p50 ms | median added p99 ms | "
+          "median router CPU us/request |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for m in summary(overhead_rows):
+        print(f"| {m['concurrency']} | {m['rounds']} | {m['median_throughput_ratio']:.2f} | "
+              f"{m['median_added_p50_ms']:.2f} | {m['median_added_p99_ms']:.2f} | "
+              f"{m['median_router_cpu_us_per_request']:.0f} |")
+    print("\n| round | concurrency | direct req/s | router req/s | router/direct | direct p50 / p99 ms | "
+          "router p50 / p99 ms | added p50 ms | added p99 ms | errors | load 1m |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in overhead_rows:
         d, t = r["direct"], r["router"]
-        print(f"| {r['concurrency']} | {d['rps']:,.0f} | {t['rps']:,.0f} | {r['throughput_ratio']:.2f} | "
+        print(f"| {r['round']} | {r['concurrency']} | {d['rps']:,.0f} | {t['rps']:,.0f} | "
+              f"{r['throughput_ratio']:.2f} | "
               f"{d['p50_ms']:.2f} / {d['p99_ms']:.2f} | {t['p50_ms']:.2f} / {t['p99_ms']:.2f} | "
-              f"{r['added_p50_ms']:.2f} | {r['added_p99_ms']:.2f} | {d['errors'] + t['errors']} |")
+              f"{r['added_p50_ms']:.2f} | {r['added_p99_ms']:.2f} | {d['errors'] + t['errors']} | "
+              f"{r['load_average_1m']:.1f} |")
     names = [name for name, _, _ in STEPS]
     print("\n| version | " + " | ".join(names) + " | drop -> PROD | end state |")
     print("|---|" + "---:|" * (len(names) + 1) + "---|")
@@ -213,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run both benchmarks, print tables and write the JSON results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per closed-loop point")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the overhead benchmark (a)")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
     parser.add_argument("--serve-router", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -224,14 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app, release_rows = drop_to_prod(home)
         try:
-            overhead_rows = overhead(app, args.seconds)
+            overhead_rows = overhead(app, args.seconds, args.rounds)
         finally:
             app.close()
     finally:
         shutil.rmtree(home, ignore_errors=True)
     _print(overhead_rows, release_rows)
     results = {"date": datetime.now(UTC).date().isoformat(), "seconds_per_point": args.seconds,
-               "overhead": overhead_rows, "drop_to_prod": release_rows}
+               "overhead_summary": summary(overhead_rows), "overhead": overhead_rows, "drop_to_prod": release_rows}
     args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     print(f"\nwrote {args.out}")
     return 0

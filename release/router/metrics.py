@@ -2,6 +2,9 @@
 
 Label values come from the registry, never from the client: a model name the route table does not know is
 counted as ``UNKNOWN_MODEL``, so clients sending made-up names cannot grow the number of series.
+
+The request path goes through ``count`` and ``observe``, which keep each label set's child once made: a request
+costs a dict lookup per series, not a label-set build and check (the label sets are bounded by the registry).
 """
 
 from __future__ import annotations
@@ -45,3 +48,20 @@ class RouterMetrics:
                                registry=registry_)
         self.cache_age = Gauge("router_route_cache_ttl_seconds", "Upper bound of route staleness.",
                                registry=registry_)
+        self._counted: dict[tuple[str, str, int], Counter] = {}
+        self._timed: dict[str, Histogram] = {}
+
+    def count(self, model: str, version: str, code: int) -> None:
+        """Count one answer; ``model`` is a label already checked against the registry (``model_label``)."""
+        child = self._counted.get((model, version, code))
+        if child is None:
+            child = self._counted[model, version, code] = self.requests.labels(model, version, str(code))
+        child.inc()
+
+    def observe(self, model: str, *, total_s: float, upstream_s: float) -> None:
+        """Time one proxied request: its total, and the router's own share outside the upstream call."""
+        child = self._timed.get(model)
+        if child is None:
+            child = self._timed[model] = self.latency.labels(model)
+        child.observe(total_s)
+        self.overhead.observe(max(0.0, total_s - upstream_s))

@@ -1,4 +1,4 @@
-"""The pod client: sends one request to a version's pods over keep-alive pools, round robin.
+"""The pod client: sends one request to a version's pods over keep-alive connections (``pod_http``), round robin.
 
 A request is tried on the next pod only when this one never ran it: the connection failed, or the pod refused
 with 503 not_ready (starting or draining). After a disconnect mid-answer or a timeout the pod may have run it,
@@ -12,11 +12,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 import structlog
 from prometheus_client import Counter
 
+from release.router.pod_http import PodConnections, PodUnreachable
 from schemas.errors import Reason
 
 log = structlog.get_logger(__name__)
@@ -35,25 +35,24 @@ class Answer:
 
 
 class PodClient:
-    """An aiohttp pool over all pods, with a round robin position per version."""
+    """Keep-alive connections to all pods, with a round robin position per version."""
 
     def __init__(self, *, timeout_s: float, retries: Counter,
                  clock: Callable[[], float] = time.perf_counter) -> None:
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._retries = retries
         self._clock = clock
-        self._session: aiohttp.ClientSession | None = None
+        self._connections: PodConnections | None = None
         self._next: dict[str, int] = {}
 
     async def open(self) -> None:
         """Open the keep-alive pool."""
-        connector = aiohttp.TCPConnector(limit=512, limit_per_host=128, keepalive_timeout=30)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        self._connections = PodConnections(timeout_s=self._timeout_s)
 
     async def close(self) -> None:
         """Close the pool."""
-        if self._session is not None:
-            await self._session.close()
+        if self._connections is not None:
+            self._connections.close()
 
     async def send(self, version: str, endpoints: tuple[str, ...], path: str, body: bytes,
                    headers: Mapping[str, str]) -> Answer:
@@ -63,30 +62,28 @@ class PodClient:
         answer = Answer(status=503, body=b"", refused=True)
         for attempt in range(len(endpoints)):
             endpoint = endpoints[(first + attempt) % len(endpoints)]
-            answer = await self._post(endpoint.rstrip("/") + path, body, headers)
+            answer = await self._post(endpoint, path, body, headers)
             if not answer.refused:
                 return answer
             self._retries.inc()
         return answer
 
-    async def _post(self, url: str, body: bytes, headers: Mapping[str, str]) -> Answer:
-        assert self._session is not None, "open() the pool first"
+    async def _post(self, endpoint: str, path: str, body: bytes, headers: Mapping[str, str]) -> Answer:
+        assert self._connections is not None, "open() the pool first"
         t0 = self._clock()
         try:
-            async with self._session.post(url, data=body, headers=headers) as resp:
-                payload = await resp.read()
-                content_type = resp.headers.get("content-type", "application/json")
-            return Answer(status=resp.status, body=payload, content_type=content_type,
-                          upstream_s=self._clock() - t0, refused=_not_ready(resp.status, payload),
-                          retry_after=resp.headers.get("retry-after"))
-        except aiohttp.ClientConnectorError as exc:
+            resp = await self._connections.post(endpoint, path, body, headers)
+            return Answer(status=resp.status, body=resp.body, content_type=resp.content_type or "application/json",
+                          upstream_s=self._clock() - t0, refused=_not_ready(resp.status, resp.body),
+                          retry_after=resp.retry_after)
+        except PodUnreachable as exc:
             # Connection refused or reset before sending: the pod never saw it, another pod may take it.
-            log.warning("router.pod_unreachable", url=url, error=str(exc))
+            log.warning("router.pod_unreachable", url=endpoint + path, error=str(exc))
             return Answer(status=503, refused=True, body=orjson.dumps(
                 {"error": f"pod unreachable: {exc}", "reason": str(Reason.UNAVAILABLE)}))
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except OSError as exc:  # TimeoutError among them
             # The pod may have run it (disconnect mid-answer, timeout): answer, never retry.
-            log.warning("router.pod_failed", url=url, error=f"{type(exc).__name__}: {exc}")
+            log.warning("router.pod_failed", url=endpoint + path, error=f"{type(exc).__name__}: {exc}")
             return Answer(status=504 if isinstance(exc, TimeoutError) else 502, upstream_s=self._clock() - t0,
                           body=orjson.dumps({"error": f"pod failed: {type(exc).__name__}: {exc}",
                                              "reason": str(Reason.UNAVAILABLE)}))

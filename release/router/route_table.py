@@ -3,6 +3,9 @@
 ``ref`` is a version or an alias. A resolution is cached for at most ``ttl_s`` (the router's staleness bound);
 ``invalidate`` drops it at once when an ``alias.moved`` event is seen in-process. PROD carries the canary splits
 of the model's route weights. The clock is injected so that the staleness bound can be tested without waiting.
+
+``cached`` answers from memory only and never blocks, so the router calls it on its event loop; ``lookup`` may
+query the registry, so the router runs it in a worker thread, and only when ``cached`` had nothing fresh.
 """
 
 from __future__ import annotations
@@ -69,13 +72,19 @@ class RouteTable:
             for key in [k for k in self._cache if model is None or k[0] == model]:
                 del self._cache[key]
 
+    def cached(self, model: str, ref: str) -> Target | None:
+        """The cached target for ``ref`` while it is fresh, else None; never touches the registry."""
+        cached = self._cache.get((model, ref))
+        if cached is not None and self._clock() - cached.resolved_at < self._ttl_s:
+            return cached
+        return None
+
     def lookup(self, model: str, ref: str) -> Target:
         """The target for ``ref`` (a version or alias), from cache when fresh enough."""
-        now = self._clock()
-        cached = self._cache.get((model, ref))
-        if cached is not None and now - cached.resolved_at < self._ttl_s:
+        cached = self.cached(model, ref)
+        if cached is not None:
             return cached
-        target = self._resolve(model, ref, now)
+        target = self._resolve(model, ref, self._clock())
         with self._lock:
             self._cache[(model, ref)] = target
         return target

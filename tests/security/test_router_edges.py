@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httpx
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from starlette.types import Message
 
 from release.router.metrics import UNKNOWN_MODEL
-from release.router.request_body import DEFAULT_MAX_BODY_BYTES, BodyTooLarge, read_limited
+from release.router.request_body import DEFAULT_MAX_BODY_BYTES, BodyTooLarge, receive_body
 from release.settings import Settings
 from schemas.errors import Reason
 from tests.release.router_testkit import MODEL, ROW
@@ -64,14 +65,13 @@ def test_streamed_body_is_read_no_further_than_the_limit() -> None:
     """The bounded reader stops pulling chunks at the one that would pass the limit, holding at most the limit."""
     pulled = 0
 
-    async def endless() -> AsyncIterator[bytes]:
+    async def endless() -> Message:
         nonlocal pulled
-        while True:
-            pulled += 1
-            yield b"x" * CHUNK
+        pulled += 1
+        return {"type": "http.request", "body": b"x" * CHUNK, "more_body": True}
 
     with pytest.raises(BodyTooLarge) as refused:
-        asyncio.run(read_limited(endless(), limit_bytes=16 * CHUNK))
+        asyncio.run(receive_body(endless, limit_bytes=16 * CHUNK))
     assert pulled == 17 and refused.value.reason is Reason.BODY_TOO_LARGE
 
 
