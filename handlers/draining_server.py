@@ -13,6 +13,7 @@ import structlog
 import uvicorn
 
 from handlers.app import PodApi, create_app
+from handlers.http_protocol import OneWriteHttpToolsProtocol
 from handlers.settings import PodSettings
 
 log = structlog.get_logger("handlers.draining_server")
@@ -55,5 +56,6 @@ class DrainingServer(uvicorn.Server):
 def uvicorn_config(api: PodApi, settings: PodSettings) -> uvicorn.Config:
     """The uvicorn configuration of a process serving ``api``."""
     return uvicorn.Config(create_app(api), host=settings.host, port=settings.port, lifespan="on",
+                          http=OneWriteHttpToolsProtocol,
                           log_config=None, access_log=False, server_header=False, date_header=False,
                           timeout_graceful_shutdown=int(settings.drain_timeout_s) or None)
