@@ -13,8 +13,8 @@ that hands decoded requests to the model process (``front.FrontRuntime``).
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -26,6 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from handlers.base import InferenceRequest, InferenceResult
 from handlers.http_errors import error_body, http_status, retry_after
@@ -100,6 +101,13 @@ class ServingRuntime(Protocol):
         """Start serving (the batch worker, or the link to the model process) on the app's event loop."""
 
 
+def new_request_id() -> str:
+    """32 random hex digits, like ``uuid4().hex``: an id, not a secret, so no system call for the randomness
+    (``uuid4`` reads ``os.urandom``, a visible share of a request's time under load). ``random`` is reseeded in
+    every forked process, so fronts do not repeat each other."""
+    return f"{random.getrandbits(128):032x}"
+
+
 def json_response(body: Any, *, status: int = 200) -> Response:
     """A JSON response written by orjson."""
     return Response(orjson.dumps(body, option=JSON_OPTIONS), status_code=status, media_type="application/json")
@@ -141,9 +149,12 @@ class PodApi:
 
         async def route(request: Request) -> Response:
             started = time.perf_counter()
-            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-            with structlog.contextvars.bound_contextvars(request_id=request_id):
+            request_id = request.headers.get("x-request-id") or new_request_id()
+            bound = structlog.contextvars.bind_contextvars(request_id=request_id)
+            try:
                 response = await self._answer(name, handler, request, request_id)
+            finally:
+                structlog.contextvars.reset_contextvars(**bound)
             response.headers["x-request-id"] = request_id
             response.headers["x-model-version"] = version
             if worker is not None:
@@ -260,6 +271,21 @@ class PodApi:
             self._idle.set()
         return self._idle
 
+    def direct_routes(self) -> dict[tuple[str, str], tuple[Callable[[Request], Awaitable[Response]],
+                                                               dict[str, str]]]:
+        """``(method, path) -> (route, path parameters)`` for inference on the served model (and its version)."""
+        params = {"model": self.runtime.name, "version": self.runtime.version}
+        direct = {}
+        for path, name, method, methods in ROUTES:
+            if name not in ("infer", "predictions"):
+                continue
+            route = self.endpoint(name, getattr(self, method))
+            used = {key: value for key, value in params.items() if "{" + key + "}" in path}
+            concrete = path.format(**used)
+            for verb in methods:
+                direct[(verb, concrete)] = (route, used)
+        return direct
+
     def routes(self) -> list[Route]:
         """Every route of the pod."""
         return [Route(path, self.endpoint(name, getattr(self, method)), methods=list(methods))
@@ -286,8 +312,13 @@ ROUTES: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
 )
 
 
-def create_app(api: PodApi) -> Starlette:
-    """The Starlette app; its lifespan starts the runtime and marks the pod ready."""
+def create_app(api: PodApi) -> ASGIApp:
+    """The pod's ASGI app; its lifespan starts the runtime and marks the pod ready.
+
+    Inference requests for the served model and version skip Starlette's middleware and its route-by-route
+    regular expressions: one dict lookup on method and path finds their endpoint (the same wrapped route, so the
+    same headers, errors and metrics). Everything else, a wrong model name included, goes through Starlette.
+    """
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -295,4 +326,18 @@ def create_app(api: PodApi) -> Starlette:
         api.runtime.ready = True
         yield
 
-    return Starlette(routes=api.routes(), lifespan=lifespan)
+    starlette = Starlette(routes=api.routes(), lifespan=lifespan)
+    direct = api.direct_routes()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope.get("root_path"):
+            found = direct.get((scope["method"], scope["path"]))
+            if found is not None:
+                route, params = found
+                scope["path_params"] = dict(params)
+                response = await route(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await starlette(scope, receive, send)
+
+    return app

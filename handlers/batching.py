@@ -1,9 +1,15 @@
 """Dynamic batching: a bounded queue in front of one worker thread that runs the model a batch at a time.
 
-The event loop only enqueues and awaits futures, so it never blocks on the model. The worker takes the first
-waiting request, then gathers more until the batch is full or the first request has waited
-``max_batch_delay_s``; it stops waiting early when no other request is on its way (so a lone request never pays
-the delay). A full queue refuses at once (``QUEUE_FULL``); a request not answered within its timeout gets
+The event loop enqueues and awaits futures; the worker takes the first waiting request, then gathers more until
+the batch is full or the first request has waited ``max_batch_delay_s``; it stops waiting early when no other
+request is on its way (so a lone request never pays the delay). With ``inline`` (trusted built-in handlers only:
+their time is the model's forward pass) a lone request is run on the event loop itself: nothing queued, no batch
+running, none other on its way, still none after one turn of the loop. That saves the two thread hand-offs
+(worker wake-up, result back to the loop) that are most of a lone request's overhead; a request that finds any
+company goes to the worker as before, and batches form there. (An inline request is not cut off by its
+timeout: a built-in handler's forward pass is what every other request would wait for anyway.)
+
+A full queue refuses at once (``QUEUE_FULL``); a request not answered within its timeout gets
 ``REQUEST_TIMEOUT`` and is skipped if its batch has not started (its ``Reply`` still gets that error, so a caller
 in another process learns the request is finished with).
 
@@ -75,7 +81,8 @@ class Batcher:
     """Owns the queue and the worker threads. ``infer`` is called on the event loop; the model runs on a worker."""
 
     def __init__(self, run_batch: RunBatch, *, max_batch_size: int, max_batch_delay_s: float, queue_size: int,
-                 metrics: PodMetrics, workers: int = 1, arriving_elsewhere: Callable[[], int] = _no_one_else):
+                 metrics: PodMetrics, workers: int = 1, arriving_elsewhere: Callable[[], int] = _no_one_else,
+                 inline: bool = False):
         self._run_batch = run_batch
         self._max_batch_size = max_batch_size
         self._delay = max_batch_delay_s
@@ -90,6 +97,11 @@ class Batcher:
         self.arriving = 0
         # The same count for requests being read by other processes (``start_detached``).
         self._arriving_elsewhere = arriving_elsewhere
+        self._inline = inline
+        # Batches taken by workers and not finished (written under ``_changed``), and lone requests deciding
+        # whether to run inline (event loop only): either means a new request is not alone.
+        self._running = 0
+        self._pondering = 0
         metrics.queue_depth.set_function(lambda: len(self._jobs))
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -113,6 +125,14 @@ class Batcher:
 
     async def infer(self, request: InferenceRequest, *, timeout_s: float) -> InferenceResult:
         """Queue one request and wait for its result (or its error) at most ``timeout_s`` seconds."""
+        if self._inline and self._alone():
+            self._pondering += 1
+            try:
+                await asyncio.sleep(0)  # requests already read in this turn of the loop reach the queue first
+            finally:
+                self._pondering -= 1
+            if self._alone():
+                return self._run_inline(request)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[InferenceResult] = loop.create_future()
         self.submit(request, future)
@@ -121,6 +141,19 @@ class Batcher:
             return await future
         finally:
             timer.cancel()
+
+    def _alone(self) -> bool:
+        return not (self._jobs or self._running or self._pondering or self._more_coming())
+
+    def _run_inline(self, request: InferenceRequest) -> InferenceResult:
+        started = time.perf_counter()
+        self._metrics.queue_time.observe(0.0)
+        self._metrics.batch_size.observe(1)
+        (result,) = self._run_batch([request])
+        self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        if isinstance(result, ReleaseError):
+            raise result
+        return result
 
     def submit(self, request: InferenceRequest, reply: Reply) -> None:
         """Queue one request (from any thread); a full queue raises ``TemporaryError(QUEUE_FULL)`` at once."""
@@ -183,11 +216,16 @@ class Batcher:
                 if jobs:
                     self._changed.notify()  # more waiting: another worker may start on them now
                 if batch:
+                    self._running += 1
                     return batch
 
     def _work(self) -> None:
         while (batch := self._next_batch()) is not None:
-            self._run(batch)
+            try:
+                self._run(batch)
+            finally:
+                with self._changed:
+                    self._running -= 1
 
     def _run(self, batch: list[_Job]) -> None:
         started = time.perf_counter()

@@ -74,6 +74,9 @@ class ModelRuntime:
     ready: bool = False
     draining: bool = False
     in_flight: int = 0
+    # (endpoint, code) -> its request counter and latency histogram: ``labels()`` takes a lock and builds a key
+    # on every call, and every answered request needs both.
+    _children: dict[tuple[str, int], tuple[Any, Any]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         fronts = self.fronts
@@ -81,7 +84,8 @@ class ModelRuntime:
                                max_batch_delay_s=self.settings.max_batch_delay_ms / 1000.0,
                                queue_size=self.settings.queue_size, metrics=self.metrics,
                                workers=self.settings.batch_workers,
-                               arriving_elsewhere=fronts.arriving if fronts is not None else _no_fronts)
+                               arriving_elsewhere=fronts.arriving if fronts is not None else _no_fronts,
+                               inline=fronts is None and not self.artifact.has_handler_code)
         if fronts is None:
             self.metrics.in_flight.set_function(lambda: self.in_flight)
         else:
@@ -114,8 +118,12 @@ class ModelRuntime:
 
     def observe(self, endpoint: str, code: int, seconds: float) -> None:
         """Count one answered request and its latency."""
-        self.metrics.requests.labels(endpoint, str(code)).inc()
-        self.metrics.latency.labels(endpoint).observe(seconds)
+        children = self._children.get((endpoint, code))
+        if children is None:
+            children = self._children[(endpoint, code)] = (self.metrics.requests.labels(endpoint, str(code)),
+                                                            self.metrics.latency.labels(endpoint))
+        children[0].inc()
+        children[1].observe(seconds)
 
     async def scrape(self) -> bytes:
         """The Prometheus text exposition of this pod's registry."""

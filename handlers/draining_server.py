@@ -13,6 +13,7 @@ import structlog
 import uvicorn
 
 from handlers.app import PodApi, create_app
+from handlers.http_protocol import OneWriteHttpToolsProtocol
 from handlers.prediction_capture import with_prediction_records
 from handlers.settings import PodSettings
 
@@ -59,5 +60,6 @@ def uvicorn_config(api: PodApi, settings: PodSettings) -> uvicorn.Config:
     app = with_prediction_records(create_app(api), settings=settings, model=runtime.name, version=runtime.version,
                                   declared=runtime.input_specs)
     return uvicorn.Config(app, host=settings.host, port=settings.port, lifespan="on",
+                          http=OneWriteHttpToolsProtocol,
                           log_config=None, access_log=False, server_header=False, date_header=False,
                           timeout_graceful_shutdown=int(settings.drain_timeout_s) or None)

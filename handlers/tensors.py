@@ -24,7 +24,8 @@ NUMPY_DTYPES: Mapping[str, np.dtype[Any]] = {
     Datatype.FP16: np.dtype(np.float16), Datatype.FP32: np.dtype(np.float32), Datatype.FP64: np.dtype(np.float64),
     Datatype.BYTES: np.dtype(object),
 }
-_DATATYPES_BY_KIND: Mapping[str, str] = {str(dtype): name for name, dtype in NUMPY_DTYPES.items()}
+# Keyed by the dtype itself: naming a dtype (``str``) costs more than the rest of encoding a small output.
+_DATATYPES_BY_DTYPE: Mapping[np.dtype[Any], str] = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
 
 
 def bad_request(problem: str, message: str, **details: Any) -> BadRequest:
@@ -155,7 +156,7 @@ def decode_inputs(document: Any, *, specs: Sequence[TensorSpec] | None,
 
 def datatype_of(array: np.ndarray[Any, Any]) -> str:
     """The OIP datatype name for a numpy array (BYTES for strings and objects)."""
-    return _DATATYPES_BY_KIND.get(str(array.dtype), Datatype.BYTES)
+    return _DATATYPES_BY_DTYPE.get(array.dtype, Datatype.BYTES)
 
 
 def encode_output(name: str, array: np.ndarray[Any, Any]) -> dict[str, Any]:

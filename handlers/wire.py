@@ -14,7 +14,7 @@ import orjson
 from starlette.requests import Request
 
 from handlers.base import InferenceRequest, InferenceResult, Tensors
-from handlers.tensors import BinarySection, bad_request, decode_inputs, decode_tensor, encode_output
+from handlers.tensors import NUMPY_DTYPES, BinarySection, bad_request, decode_inputs, decode_tensor, encode_output
 from schemas.manifest import TensorSpec
 
 JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
@@ -81,14 +81,18 @@ def _tensors_from_json(document: Any, specs: Sequence[TensorSpec]) -> Tensors:
         pairs = []
     tensors: Tensors = {}
     for spec, value in pairs:
+        dtype = NUMPY_DTYPES[spec.datatype]
         try:
-            shape = list(np.shape(value))
-        except ValueError as e:
-            raise bad_request("data_mismatch", f"input {spec.name!r} is not a regular array", input=spec.name) from e
+            # Numbers are converted once, here; decode_tensor then checks the array it is given.
+            data = value if dtype.kind == "O" else np.asarray(value, dtype=dtype)
+            shape = list(np.shape(data))
+        except (ValueError, TypeError, OverflowError) as e:
+            raise bad_request("data_mismatch", f"input {spec.name!r} is not a regular array of {spec.datatype}: "
+                              f"{e}", input=spec.name) from e
         if len(shape) == len(spec.shape) - 1:
             shape = [1, *shape]  # one row sent without its batch dimension
         name, array = decode_tensor({"name": spec.name, "datatype": str(spec.datatype), "shape": shape,
-                                     "data": value}, spec=spec)
+                                     "data": data}, spec=spec)
         tensors[name] = array
     return tensors
 

@@ -156,6 +156,65 @@ def test_two_batch_workers_run_batches_at_the_same_time():
     assert sorted(result.payload for _, result in delivered) == ["0", "1"]
 
 
+def run_on_loop(run_batch, requests: list[InferenceRequest], **options) -> tuple[list[InferenceResult], float]:
+    """Answers to ``requests`` sent at once through ``Batcher.infer`` on an event loop, and the batches counted.
+
+    ``run_batch(batcher, batch)`` gets the batcher too, so it can look at the queue.
+    """
+    metrics = create_metrics(model="m", version="1", device=torch.device("cpu"))
+    batcher = Batcher(lambda batch: run_batch(batcher, batch), max_batch_size=8, max_batch_delay_s=0.05,
+                      queue_size=16, metrics=metrics, **options)
+
+    async def send() -> list[InferenceResult]:
+        batcher.start(asyncio.get_running_loop())
+        return await asyncio.gather(*(batcher.infer(request, timeout_s=SAFETY_NET_S) for request in requests))
+
+    results = asyncio.run(send())
+    batcher.stop()
+    return results, metric_samples(generate_latest(metrics.registry).decode(), "pod_batch_size")[
+        "pod_batch_size_count"]
+
+
+def test_lone_request_runs_inline_on_the_event_loop():
+    """With ``inline``, a request that finds the batcher idle runs on the event loop's thread, counted as a batch."""
+    threads: list[threading.Thread] = []
+
+    def record(batcher, batch):
+        threads.extend(threading.current_thread() for _ in batch)
+        return echo(batch)
+
+    results, batches = run_on_loop(record, [InferenceRequest(id="alone")], inline=True)
+    assert [result.payload for result in results] == ["alone"] and batches == 1
+    assert threads == [threading.main_thread()]
+
+
+def test_requests_in_company_go_to_the_worker_not_inline():
+    """With ``inline``, requests that arrive together are all run by the batch worker, none on the event loop."""
+    threads: list[threading.Thread] = []
+
+    def record(batcher, batch):
+        if not threads and len(batch) < 4:  # hold a first, partial batch until the rest is queued behind it
+            eventually(lambda: batcher.depth, lambda depth: depth > 0)
+        threads.extend(threading.current_thread() for _ in batch)
+        return echo(batch)
+
+    results, _ = run_on_loop(record, [InferenceRequest(id=str(i)) for i in range(4)], inline=True)
+    assert [result.payload for result in results] == ["0", "1", "2", "3"]
+    assert len(threads) == 4 and threading.main_thread() not in threads
+
+
+def test_without_inline_a_lone_request_runs_on_the_worker():
+    """Without ``inline`` (handler code shipped with the model), even a lone request runs on the batch worker."""
+    threads: list[threading.Thread] = []
+
+    def record(batcher, batch):
+        threads.extend(threading.current_thread() for _ in batch)
+        return echo(batch)
+
+    results, _ = run_on_loop(record, [InferenceRequest(id="alone")])
+    assert [result.payload for result in results] == ["alone"] and threads[0].name == "pod-batcher-0"
+
+
 # ------------------------------------------------------------------------------------------ pods
 def binary_body(rows: np.ndarray, **parameters: float | str) -> tuple[bytes, dict[str, str]]:
     """An OIP infer request with the rows as a binary FP32 tensor."""

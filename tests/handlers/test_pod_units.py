@@ -1,13 +1,16 @@
-"""Pure pieces of the pod, in-process: tensor decoding edge cases, binary tensors, tokenizer, error-status table."""
+"""Pure pieces of the pod, in-process: tensor decoding edge cases, binary tensors, tokenizer, error-status table,
+the one-write HTTP transport."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
 import pytest
 
 from handlers.http_errors import http_status
+from handlers.http_protocol import TurnWriter
 from handlers.tokenizer import WordPieceTokenizer
 from handlers.wire import BINARY_HEADER, decode_infer
 from schemas.errors import BadRequest, NotFound, PermanentError, Reason, TemporaryError
@@ -72,3 +75,37 @@ def test_wordpiece_tokenizer(tmp_path):
 def test_error_status_table(error, status):
     """One table maps every serving error to its HTTP status, falling back to the error's class."""
     assert http_status(error) == status
+
+
+class RecordingTransport:
+    """A transport that records each write (as the socket would see it) and whether it was closed."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_writes_of_one_loop_turn_leave_as_one_write():
+    """A response's head and body written in one turn of the event loop reach the socket as one write, in order."""
+    transport = RecordingTransport()
+
+    async def respond() -> None:
+        writer = TurnWriter(transport, asyncio.get_running_loop())  # type: ignore[arg-type]
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        writer.write(b"body")
+        assert transport.writes == []
+        await asyncio.sleep(0)
+        writer.write(b"next")
+        writer.close()
+
+    asyncio.run(respond())
+    assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"next"] and transport.closed
