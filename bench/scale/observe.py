@@ -1,9 +1,9 @@
 """What a scale run measures from outside: /proc of the control-plane processes and of the pods, and the database.
 
 Control-plane CPU is user + system time of the role processes themselves (never their children: pods are
-children of the controller). Pods are found by their command line (``handlers.server`` with an artifact under the
-run's pod root); their RSS includes every process of their session. The sampler keeps the last reading of a
-process that has gone, so a killed controller's CPU still counts.
+children of the controller). Pods are ``handlers.server`` processes with an artifact or their working folder under
+the run's pod root (warm spares included); their RSS includes every process of their session. The sampler keeps
+the last reading of a process that has gone, so a killed controller's CPU still counts.
 """
 
 from __future__ import annotations
@@ -59,6 +59,14 @@ def _processes() -> list[tuple[int, int, str]]:
     return out
 
 
+def _cwd_in(pid: int, root: str) -> bool:
+    """Whether ``pid`` runs in a folder under ``root`` (a warm spare pod has no artifact on its command line yet)."""
+    try:
+        return os.readlink(f"/proc/{pid}/cwd").startswith(root)
+    except OSError:
+        return False
+
+
 @dataclass
 class Sampler:
     """Samples pods and control-plane processes every ``interval_s`` in a thread until ``stop``."""
@@ -102,7 +110,7 @@ class Sampler:
         self.peak_control_rss = max(self.peak_control_rss, control_rss)
         root = str(self.pod_root)
         procs = _processes()
-        pods = {pid for pid, _sid, cmd in procs if "handlers.server" in cmd and root in cmd}
+        pods = {pid for pid, _sid, cmd in procs if "handlers.server" in cmd and (root in cmd or _cwd_in(pid, root))}
         self.pods_seen |= pods
         rss = sum(rss_bytes(pid) for pid, sid, _cmd in procs if pid in pods or sid in pods)
         self.peak_pods = max(self.peak_pods, len(pods))

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from bench.scale.cluster import Cluster
 from bench.scale.observe import Sampler, database_bytes, table_rows
@@ -66,7 +67,7 @@ class ScaleRun:
     cluster: Cluster | None = None
 
     def setup(self) -> None:
-        """Build the artifacts, migrate the store and start the roles (nothing dropped yet)."""
+        """Build the artifacts, migrate the store and describe the control plane (nothing started yet)."""
         self.root.chmod(0o755)  # pods run as another account: the pod root below must be traversable
         home = self.root / "home"
         (home / "bucket").mkdir(parents=True)
@@ -84,14 +85,24 @@ class ScaleRun:
         self.cluster = Cluster(home=home, db_url=self.db_url, policy=BENCH_POLICY, sampler=sampler,
                                env_extra={"RELEASE_POD_ROOT": str(self.root / "pods-root"), **self.env_extra},
                                controller_command=controller)
-        say("starting the control plane: " + ", ".join(("controller", "monitor", "intake", "router")),
-            quiet=self.quiet)
+
+    def start(self) -> None:
+        """Start the roles (the controller first)."""
+        assert self.cluster is not None
+        say("starting the control plane: controller, monitor, intake, router", quiet=self.quiet)
         self.cluster.start_all()
 
     def states(self) -> dict[tuple[str, str], tuple[str, float]]:
+        """Every version's state and when it last moved; waits out a store that is restarting (fault runs)."""
         assert self.engine is not None
-        with self.engine.connect() as conn:
-            return {(r[0], r[1]): (str(r[2]), _epoch(r[3])) for r in conn.execute(STATES_SQL)}
+        for _attempt in range(60):
+            try:
+                with self.engine.connect() as conn:
+                    return {(r[0], r[1]): (str(r[2]), _epoch(r[3])) for r in conn.execute(STATES_SQL)}
+            except OperationalError:
+                self.engine.dispose()
+                time.sleep(1.0)
+        raise RuntimeError("the store did not come back within a minute")
 
     def settled(self, states: dict[tuple[str, str], tuple[str, float]]) -> int:
         return sum(1 for i in self.items if (i.model, i.version) in states

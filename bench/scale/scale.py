@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                    quiet=args.json)
     try:
         run.setup()
+        run.start()
         report = run.execute(timeout_s=args.timeout)
     finally:
         run.close(keep=args.keep)
