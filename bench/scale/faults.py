@@ -114,10 +114,11 @@ class Faults:
         self.next_at = spacing_s
         self.done: list[dict[str, Any]] = []
 
-    def __call__(self, elapsed: float) -> None:
-        """Inject the next fault when its time has come; the next one is due ``spacing_s`` after recovery."""
+    def __call__(self, elapsed: float) -> bool:
+        """Inject the next fault when its time has come (the next one is due ``spacing_s`` after recovery);
+        True while faults remain."""
         if not self.pending or elapsed < self.next_at:
-            return
+            return bool(self.pending)
         kind = self.pending.pop(0)
         started = time.monotonic()
         detail = self._inject(kind)
@@ -126,6 +127,7 @@ class Faults:
                           "recovered_in_s": round(took, 1)})
         say(f"  FAULT {kind} at t={elapsed:.1f}s: {detail} (back in {took:.1f}s)", quiet=self.quiet)
         self.next_at = elapsed + took + self.spacing_s
+        return bool(self.pending)
 
     def _inject(self, kind: str) -> str:
         if kind in ("controller", "monitor", "router"):

@@ -108,14 +108,19 @@ class ScaleRun:
         return sum(1 for i in self.items if (i.model, i.version) in states
                    and VersionState(states[(i.model, i.version)][0]) in SETTLED)
 
-    def execute(self, *, timeout_s: float, during: Callable[[float], None] | None = None) -> dict[str, Any]:
-        """Drop everything, wait until every version settles (or ``timeout_s``), and return the report."""
+    def execute(self, *, timeout_s: float, during: Callable[[float], bool] | None = None) -> dict[str, Any]:
+        """Drop everything, wait until every version settles (or ``timeout_s``), and return the report.
+
+        ``during(seconds since the drop)`` runs between polls and says whether it has more to do (faults still
+        to inject): the run ends only once it has not.
+        """
         assert self.cluster is not None and self.engine is not None
         sampler = self.cluster.sampler
         before = {"rows": table_rows(self.engine), "bytes": database_bytes(self.engine, self.db_url)}
         sampler.start()
         sampler.sample()
         cpu_before = sampler.control_cpu()
+        load_at_drop = os.getloadavg()
         started = time.time()
         self.dropped = drop(self.items, self.root / "staging", self.root / "home" / "bucket")
         say(f"dropped {len(self.items)} versions in {time.time() - started:.1f}s", quiet=self.quiet)
@@ -124,9 +129,8 @@ class ScaleRun:
             elapsed = time.time() - started
             states = self.states()
             done = self.settled(states)
-            if during is not None:
-                during(elapsed)
-            if time.time() - last_print >= 5 or done == len(self.items):
+            more = during(elapsed) if during is not None else False
+            if time.time() - last_print >= 5 or (done == len(self.items) and not more):
                 mix: dict[str, int] = {}
                 for state, _at in states.values():
                     mix[state] = mix.get(state, 0) + 1
@@ -134,12 +138,15 @@ class ScaleRun:
                     f"pods now/peak {len(self._pods_now())}/{sampler.peak_pods}",
                     quiet=self.quiet)
                 last_print = time.time()
-            if done == len(self.items) or elapsed > timeout_s:
+            if (done == len(self.items) and not more) or elapsed > timeout_s:
                 break
             time.sleep(1.0)
         self._drain(deadline=time.time() + 60)
         sampler.sample()
-        return self.report(states, cpu_before=cpu_before, before=before, wall_s=time.time() - started)
+        report = self.report(states, cpu_before=cpu_before, before=before, wall_s=time.time() - started)
+        report["load_average"] = {"at_drop": [round(x, 2) for x in load_at_drop],
+                                  "at_end": [round(x, 2) for x in os.getloadavg()]}
+        return report
 
     def _drain(self, *, deadline: float) -> None:
         """Let the events that follow the last state moves be consumed, so the outbox check sees the end."""
@@ -210,6 +217,8 @@ def summary(report: dict[str, Any]) -> str:
              f"  pods: peak {report['peak_pods']} at once, {report['pods_started']} started, "
              f"peak RSS of all pods {report['peak_pod_rss_mib']} MiB"
              + (f" (podless: farm process peak RSS {report['peak_farm_rss_mib']} MiB)" if report["podless"] else ""),
+             f"  load average (1, 5, 15 min) at drop {report.get('load_average', {}).get('at_drop')}, "
+             f"at end {report.get('load_average', {}).get('at_end')}",
              f"  database growth: {report['db_growth']['bytes'] / 1024:.0f} KiB, rows {report['db_growth']['rows']}"]
     lines += [f"  check {'PASS' if ok else 'FAIL'}: {name} {detail}" for name, (ok, detail)
               in report["checks"].items()]
