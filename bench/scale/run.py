@@ -9,6 +9,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,8 +39,8 @@ def _epoch(value: datetime | str) -> float:
 
 
 def say(text_: str, *, quiet: bool) -> None:
-    if not quiet:
-        print(text_, flush=True)
+    """Progress: on stdout, or on stderr when stdout carries the JSON report (``quiet``)."""
+    print(text_, file=sys.stderr if quiet else sys.stdout, flush=True)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -8,6 +8,8 @@ import pytest
 
 from bench.scale import scale
 
+pytestmark = pytest.mark.slow
+
 
 def test_the_scale_bench_settles_two_versions_with_every_check_passing(capsys: pytest.CaptureFixture[str]) -> None:
     """Two versions of one model dropped at once: the good one LIVE and PROD, the other rejected, checks pass."""
