@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -37,6 +37,7 @@ _DTYPES = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16, "INT64": 
            "INT8": np.int8, "UINT8": np.uint8, "BOOL": np.bool_}
 _LOWER_IS_BETTER = frozenset({"mae", "rmse"})
 CUSTOM_GROUP = "modelrelease.gates"
+T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -235,6 +236,15 @@ def measure_latency(client_factory: Callable[[], PodClient], rows: np.ndarray, *
                               requests=float(len(latencies)), concurrency=float(budget.concurrency))
 
 
+def _timed(timings: dict[str, float], name: str, measure: Callable[[], T]) -> T:
+    """``measure()``, its wall time recorded under ``timings[name]``."""
+    started = time.monotonic()
+    try:
+        return measure()
+    finally:
+        timings[name] = time.monotonic() - started
+
+
 def smoke_input(manifest: Manifest) -> np.ndarray:
     """A one-row zero input matching the declared input signature."""
     spec = manifest.inputs[0]
@@ -243,7 +253,12 @@ def smoke_input(manifest: Manifest) -> np.ndarray:
 
 
 class HttpGateRunner:
-    """``GateRunner`` that measures through HTTP and judges with ``judge``."""
+    """``GateRunner`` that measures through HTTP and judges with ``judge``.
+
+    The latency load and the quality pass (candidate, then baseline) run at the same time: each is judged as
+    before, and the load's percentiles include whatever the quality pass costs the pods, so overlapping can only
+    make the latency gate harder to pass, never easier.
+    """
 
     def evaluate(self, candidate: Candidate, *, baseline: Candidate | None,
                  policy: ReleasePolicy) -> GateReport:
@@ -253,36 +268,18 @@ class HttpGateRunner:
         manifest = Manifest.model_validate(candidate.manifest)
         dtype = _DTYPES.get(manifest.inputs[0].datatype.value, np.float32)
         client = PodClient(candidate)
-        metrics: dict[str, float] | None = None
-        base_metrics: dict[str, float] | None = None
-        latency: LatencyMeasurement | None = None
-        smoke: dict[str, Any] | None = None
-        rows: np.ndarray
         timings: dict[str, float] = {}
         try:
             eval_set = load_eval(candidate)
-            if eval_set is not None:
-                x, y = eval_set
-                t = time.monotonic()
-                metrics = measure_quality(client, x, y, batch_size=gp.batch_size, dtype=dtype)
-                timings["quality_s"] = time.monotonic() - t
-                if baseline is not None and baseline.endpoints:
-                    base_client = PodClient(baseline)
-                    try:
-                        base_metrics = measure_quality(base_client, x, y, batch_size=gp.batch_size, dtype=dtype)
-                    except (TemporaryError, PermanentError) as error:
-                        log.warning("gates.baseline_failed", baseline=baseline.version, error=str(error))
-                    finally:
-                        base_client.close()
-                rows = x.astype(dtype)
-            else:
-                rows = smoke_input(manifest)
-            if eval_set is None or gp.smoke:
-                smoke = self._smoke(client, manifest)
-            if gp.latency is not None:
-                t = time.monotonic()
-                latency = measure_latency(lambda: PodClient(candidate), rows, budget=gp.latency)
-                timings["latency_s"] = time.monotonic() - t
+            rows = eval_set[0].astype(dtype) if eval_set is not None else smoke_input(manifest)
+            budget = gp.latency
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="latency-gate") as load:
+                pending = None if budget is None else load.submit(
+                    _timed, timings, "latency_s",
+                    lambda: measure_latency(lambda: PodClient(candidate), rows, budget=budget))
+                metrics, base_metrics = self._quality(client, eval_set, baseline, gp, dtype, timings)
+                smoke = self._smoke(client, manifest) if eval_set is None or gp.smoke else None
+                latency = None if pending is None else pending.result()
         finally:
             client.close()
         custom = [self._custom(name, candidate, baseline, policy) for name in gp.custom]
@@ -294,6 +291,26 @@ class HttpGateRunner:
                                            "version": candidate.version})
         log.info("gates.evaluated", passed=report.passed, metrics=report.metrics)
         return report
+
+    def _quality(self, client: PodClient, eval_set: tuple[np.ndarray, np.ndarray] | None,
+                 baseline: Candidate | None, gp: GatePolicy, dtype: Any,
+                 timings: dict[str, float]) -> tuple[dict[str, float] | None, dict[str, float] | None]:
+        """The candidate's metrics on the eval set, and the baseline's (None when it cannot be measured)."""
+        if eval_set is None:
+            return None, None
+        x, y = eval_set
+        metrics = _timed(timings, "quality_s",
+                         lambda: measure_quality(client, x, y, batch_size=gp.batch_size, dtype=dtype))
+        if baseline is None or not baseline.endpoints:
+            return metrics, None
+        base_client = PodClient(baseline)
+        try:
+            return metrics, measure_quality(base_client, x, y, batch_size=gp.batch_size, dtype=dtype)
+        except (TemporaryError, PermanentError) as error:
+            log.warning("gates.baseline_failed", baseline=baseline.version, error=str(error))
+            return metrics, None
+        finally:
+            base_client.close()
 
     def _smoke(self, client: PodClient, manifest: Manifest) -> dict[str, Any]:
         try:

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     pod_root: Path | None = Field(default=None, description=(
         "Where local pods get their own folders; default a folder under the system temp folder (every folder above "
         "it must be traversable by the pod user, which RELEASE_HOME, mode 0700, is not)."))
+    warm_pods: int = Field(default=1, ge=0, description=(
+        "Local pods kept started with torch imported, each in its own sandbox, so a deployment loads its version "
+        "in one instead of starting a pod cold; a used one is replaced in the background. 0 disables."))
+    pod_memory_mb: int = Field(default=0, ge=0, description=(
+        "Memory budget of all local pods (resident, whole process trees, warm spares included), in MiB; a "
+        "deployment that does not fit waits (reason `capacity`) until others retire. 0 = half the machine's."))
     k8s_namespace: str = Field(default="model-release", description="Namespace for Kubernetes serving pods.")
     k8s_image: str = Field(default="ghcr.io/modelrelease/pod:latest", description="Serving pod image.")
     storage_emulator_host: str = Field(default="", validation_alias="STORAGE_EMULATOR_HOST",

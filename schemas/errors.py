@@ -57,6 +57,7 @@ class Reason(StrEnum):
     REQUEST_TIMEOUT = "request_timeout"
     HANDLER_ERROR = "handler_error"
     NOT_READY = "not_ready"
+    CAPACITY = "capacity"
     # Events and transport.
     EVENT_INVALID = "event_invalid"
     UNAVAILABLE = "unavailable"

@@ -1,7 +1,9 @@
 """One local pod process as the local serving backend tracks it, and the process helpers it needs.
 
 A replica is either started by this control plane (``process``) or adopted from a previous run (``pid`` only, with
-the same command line); ``folder`` is the pod's own sandbox folder, removed when the replica is retired.
+the same command line); ``command`` is how it is (re)started, ``cmdline`` what the process runs when that differs
+(a warm spare that was handed the command on stdin); ``folder`` is the pod's own sandbox folder, removed when the
+replica is retired.
 """
 
 from __future__ import annotations
@@ -58,12 +60,13 @@ class Replica:
     restart_at: float | None = None
     exit_code: int | None = None
     gave_up: bool = False
+    cmdline: list[str] | None = None
 
     def alive(self) -> bool:
         """True while the process runs."""
         if self.process is not None:
             return self.process.poll() is None
-        return pid_cmdline(self.pid) == self.command
+        return pid_cmdline(self.pid) == (self.cmdline or self.command)
 
     def reap(self) -> int | None:
         """The exit code once the process ended (unknown, -1, for an adopted process)."""

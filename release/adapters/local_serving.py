@@ -8,7 +8,9 @@ replica with exponential backoff (a pod that exits with the server's "artifact r
 when this process is root, and ``--expect-digest`` so it serves only the registered bytes. Every running pod
 is recorded in ``home/pods/state.json`` so a control plane that restarts adopts the pods of its previous run
 (same pid, same command line) instead of leaking or duplicating them. The only knowledge of the pod runtime
-here is its command line and its HTTP health endpoint.
+here is its command line and its HTTP health endpoint. With ``warm_pods`` N, N spare pods wait with torch
+imported (``warm_pool``) and a deployment takes one instead of starting a pod cold; every deployment is first
+admitted against the pods' memory budget (``pod_memory``).
 """
 
 from __future__ import annotations
@@ -30,18 +32,21 @@ import httpx
 import structlog
 
 from release.adapters.local_replica import Replica, free_port, tail
+from release.adapters.pod_memory import MemoryBudget
 from release.adapters.pod_sandbox import (
     AUTO,
     PodUser,
     default_pod_root,
+    empty_pod_folder,
     ensure_pod_root,
     pod_code,
     pod_environment,
     prepare_pod_folder,
     resolve_pod_user,
-    run_as,
     secure_home,
+    start_pod,
 )
+from release.adapters.warm_pool import WarmPool, take_over
 from release.ports import DeploymentSpec, DeploymentStatus
 from schemas import pod_exit
 from schemas.errors import PermanentError, Reason
@@ -49,6 +54,7 @@ from schemas.errors import PermanentError, Reason
 log = structlog.get_logger("release.adapters.local_serving")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_POLL_S = 0.05  # a warm pod is ready in a fraction of a second: a health GET this often costs next to nothing
 
 
 @dataclass(kw_only=True)
@@ -68,9 +74,10 @@ class LocalServingBackend:
     def __init__(self, *, home: Path, python: str = sys.executable, host: str = "127.0.0.1",
                  gpu: bool | None = None, max_restarts: int = 5, restart_backoff_s: float = 0.5,
                  stop_grace_s: float = 10.0, supervise_interval_s: float = 0.2, pod_user: str = AUTO,
-                 pod_root: Path | None = None):
+                 pod_root: Path | None = None, warm_pods: int = 0, memory_mb: int = 0):
         """``pod_user``: the account pods run as when this process is root (``auto``: ``nobody`` if it can run the
-        pod runtime); ``pod_root``: where pod folders live (default: under the system temp folder)."""
+        pod runtime); ``pod_root``: where pod folders live (default: under the system temp folder); ``warm_pods``:
+        spare pods kept started; ``memory_mb``: the pods' memory budget (0: half the machine's memory)."""
         self.home = home
         secure_home(home)
         self.pod_root = pod_root or default_pod_root(home)
@@ -92,7 +99,11 @@ class LocalServingBackend:
         self._deployments: dict[tuple[str, str], _Deployment] = {}
         self._http = httpx.Client(timeout=1.0)
         self._stopping = threading.Event()
+        self.memory = MemoryBudget(memory_mb)
+        self.pool = WarmPool(size=warm_pods, python=python, root=self.pod_root / "warm", logs=self.pods_dir / "warm",
+                             start=self._start_spare, room=lambda: self.memory.fits(1, running=self._pod_pids()))
         self._adopt_previous_run()
+        self.pool.fill()
         self._supervisor = threading.Thread(target=self._supervise, name="local-serving-supervisor", daemon=True)
         self._supervisor.start()
 
@@ -115,19 +126,13 @@ class LocalServingBackend:
                 return self._status_of(current)
             if current is not None:
                 self._stop_deployment(current)
+            self.memory.admit(model=spec.model, version=spec.version, replicas=spec.replicas,
+                              running=self._pod_pids(taking=0 if spec.env else spec.replicas))
             deployment = _Deployment(model=spec.model, version=spec.version, fingerprint=fingerprint,
                                      env=dict(spec.env))
-            folder = self._folder(spec.model, spec.version)
-            folder.mkdir(parents=True, exist_ok=True)
-            user = self._user()
+            self._folder(spec.model, spec.version).mkdir(parents=True, exist_ok=True)
             for index in range(spec.replicas):
-                sandbox = self.pod_root / spec.model / spec.version / f"replica-{index}"
-                artifact = prepare_pod_folder(sandbox, artifact=spec.local_path, user=user)
-                port = free_port(self.host)
-                replica = Replica(index=index, port=port, log_path=folder / f"replica-{index}.log", folder=sandbox,
-                                  command=self._command(spec, port=port, artifact=artifact))
-                self._spawn(replica, env=deployment.env)
-                deployment.replicas.append(replica)
+                deployment.replicas.append(self._start_replica(spec, index, artifact=spec.local_path))
             self._deployments[key] = deployment
             self._save_state()
             log.info("local_serving.deployed", model=spec.model, version=spec.version, replicas=spec.replicas,
@@ -152,7 +157,7 @@ class LocalServingBackend:
             if time.monotonic() >= deadline:
                 raise self._rollout_failed(spec, deployment.replicas[0],
                                            f"not ready after {timeout_s:g} s ({status.message})")
-            self._stopping.wait(self._interval)
+            self._stopping.wait(READY_POLL_S)
 
     def status(self, model: str, version: str) -> DeploymentStatus | None:
         """What runs for the version, or None when nothing does."""
@@ -169,11 +174,12 @@ class LocalServingBackend:
             self._save_state()
 
     def close(self) -> None:
-        """Stop the supervisor and every pod this backend runs."""
+        """Stop the supervisor, the spares and every pod this backend runs."""
         self._stopping.set()
         if self._supervisor.is_alive():
             self._supervisor.join(timeout=5)
         with self._lock:
+            self.pool.close()
             for key in list(self._deployments):
                 self._stop_deployment(self._deployments.pop(key))
             self._save_state()
@@ -225,15 +231,41 @@ class LocalServingBackend:
                   "env": sorted(spec.env.items()), "digest": spec.digest}
         return json.dumps(fields, sort_keys=True)
 
+    def _start_replica(self, spec: DeploymentSpec, index: int, *, artifact: Path) -> Replica:
+        """Replica ``index`` of ``spec``: a warm spare given its artifact and command, or a pod started cold."""
+        log_path = self._folder(spec.model, spec.version) / f"replica-{index}.log"
+        port = free_port(self.host)
+        # A spare's environment was fixed when it started: a deployment with its own env starts cold.
+        spare = self.pool.take() if not spec.env else None
+        if spare is None:
+            sandbox = self.pod_root / spec.model / spec.version / f"replica-{index}"
+            local = prepare_pod_folder(sandbox, artifact=artifact, user=self._user())
+            replica = Replica(index=index, port=port, log_path=log_path, folder=sandbox,
+                              command=self._command(spec, port=port, artifact=local))
+            self._spawn(replica, env=dict(spec.env))
+            return replica
+        return take_over(spare, index=index, port=port, log_path=log_path, user=self._user(), artifact=artifact,
+                         command=lambda local: self._command(spec, port=port, artifact=local))
+
+    def _start_spare(self, folder: Path, log_path: Path, command: list[str]) -> subprocess.Popen[bytes]:
+        """A warm spare, in the same sandbox as any pod: its own empty folder, the allow-listed env, the pod user."""
+        empty_pod_folder(folder, user=self._user())
+        return start_pod(command, folder=folder, log_path=log_path, stdin=subprocess.PIPE, user=self._user(),
+                         env=pod_environment(folder=folder, code=self._code(), extra={}, parent=os.environ))
+
+    def _pod_pids(self, *, taking: int = 0) -> list[int]:
+        """Every pod process this backend runs, and the spares but the ``taking`` that a deployment is about to take
+        (those count as its new pods)."""
+        pods = [r.pid for d in self._deployments.values() for r in d.replicas if r.alive()]
+        return pods + self.pool.pids()[taking:]
+
     def _spawn(self, replica: Replica, *, env: dict[str, str]) -> None:
         assert replica.folder is not None
         pod_env = pod_environment(folder=replica.folder, code=self._code(), extra=env, parent=os.environ)
-        with replica.log_path.open("ab") as log_file:
-            # A new session: the pod outlives a crash of this process, so the next run can adopt it.
-            replica.process = subprocess.Popen(  # type: ignore[call-overload]
-                replica.command, cwd=replica.folder, stdin=subprocess.DEVNULL, stdout=log_file,
-                stderr=subprocess.STDOUT, env=pod_env, start_new_session=True, **run_as(self._user()))
+        replica.process = start_pod(replica.command, folder=replica.folder, log_path=replica.log_path,
+                                    stdin=subprocess.DEVNULL, user=self._user(), env=pod_env)
         replica.pid = replica.process.pid
+        replica.cmdline = None
         replica.exit_code = None
         replica.restart_at = None
 
@@ -270,6 +302,7 @@ class LocalServingBackend:
     def _supervise(self) -> None:
         while not self._stopping.wait(self._interval):
             with self._lock:
+                self.pool.fill()
                 for deployment in self._deployments.values():
                     for replica in deployment.replicas:
                         self._check(deployment, replica)
@@ -332,7 +365,7 @@ class LocalServingBackend:
                                 "index": replica.index, "port": replica.port, "pid": replica.pid,
                                 "command": replica.command, "log_path": str(replica.log_path),
                                 "folder": str(replica.folder) if replica.folder else None,
-                                "restarts": replica.restarts})
+                                "restarts": replica.restarts, "cmdline": replica.cmdline})
         temporary = self.state_path.with_suffix(".tmp")
         temporary.write_text(json.dumps({"pods": records}, indent=1))
         temporary.replace(self.state_path)
@@ -348,7 +381,7 @@ class LocalServingBackend:
             folder = record.get("folder")
             replica = Replica(index=record["index"], port=record["port"], log_path=Path(record["log_path"]),
                               command=list(record["command"]), pid=record["pid"], restarts=record["restarts"],
-                              folder=Path(folder) if folder else None)
+                              folder=Path(folder) if folder else None, cmdline=record.get("cmdline"))
             key = (record["model"], record["version"])
             deployment = adopted.setdefault(key, _Deployment(model=key[0], version=key[1],
                                                              fingerprint=record["fingerprint"],

@@ -135,19 +135,33 @@ def prepare_pod_folder(folder: Path, *, artifact: Path, user: PodUser | None) ->
     The folder (0700) belongs to the pod's account; the copy is the registered artifact, which the pod verifies
     again against the registered digest before it loads anything.
     """
+    empty_pod_folder(folder, user=user)
+    return place_artifact(folder, artifact=artifact, user=user)
+
+
+def empty_pod_folder(folder: Path, *, user: PodUser | None) -> None:
+    """A fresh folder (0700, the pod account's) for one pod, with nothing in it but its tmp, cache and work."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     folder.parent.chmod(0o711)  # traversable, not listable: a pod cannot see its neighbours' names
     folder.mkdir(mode=0o700)
     for sub in ("tmp", "cache", "work"):
         (folder / sub).mkdir()
+    if user is not None:
+        _chown_tree(folder, user)
+
+
+def place_artifact(folder: Path, *, artifact: Path, user: PodUser | None) -> Path:
+    """Copy the registered artifact into a pod's folder (the pod's account owns the copy); returns its path."""
     local = folder / ("artifact.mar" if artifact.is_file() else "artifact")
     if artifact.is_file():
         shutil.copyfile(artifact, local)
     else:
         shutil.copytree(artifact, local, symlinks=True)
-    if user is not None:
-        _chown_tree(folder, user)
+    if user is not None and local.is_dir():
+        _chown_tree(local, user)
+    elif user is not None:
+        os.chown(local, user.uid, user.gid)
     return local
 
 
@@ -156,6 +170,18 @@ def run_as(user: PodUser | None) -> dict[str, object]:
     if user is None:
         return {}
     return {"user": user.uid, "group": user.gid, "extra_groups": []}
+
+
+def start_pod(command: list[str], *, folder: Path, log_path: Path, stdin: int, user: PodUser | None,
+              env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start a pod process in its folder, as ``user``, with exactly ``env``, logging to ``log_path``.
+
+    A new session: the pod outlives a crash of the control plane, so the next run can adopt it.
+    """
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+            command, cwd=folder, stdin=stdin, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True, **run_as(user))
 
 
 POD_PACKAGES = ("handlers", "schemas")
