@@ -20,11 +20,10 @@ from app.cli_policy import register as register_policy
 from app.operator import whoami
 from app.output import cell, emit, plain, table
 from release import journal, registry
-from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, bootstrap, wants_gpu
+from release.bootstrap import App, bootstrap, controller_subscriptions, wants_gpu
 from release.controller import Step
 from release.db import session_scope
 from release.identity import new_token
-from release.ports import SubscriptionSpec
 from release.settings import Settings
 from schemas.errors import ReleaseError
 from schemas.events import Topic
@@ -192,8 +191,7 @@ def cmd_setup(app: App, args: argparse.Namespace) -> int:
     from monitoring.monitor import subscriptions as monitor_subscriptions
 
     settings = app.settings
-    specs = [SubscriptionSpec(name=CONTROLLER_SUBSCRIPTION, topic=Topic.MODEL_EVENTS,
-                              ack_deadline_s=settings.ack_deadline_s, max_attempts=settings.max_attempts),
+    specs = [*controller_subscriptions(settings),
              *monitor_subscriptions(ack_deadline_s=settings.ack_deadline_s, max_attempts=settings.max_attempts)]
     topics = list(Topic)
     try:

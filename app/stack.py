@@ -2,8 +2,9 @@
 
 Roles (``ROLES``), each a set of threads plus routes served on ``RELEASE_PORT`` by uvicorn in the main thread:
 
-* ``controller``: the controller's consumer of ``model-events`` (which also relays the outbox) and a periodic
-  pass that retires superseded versions;
+* ``controller``: the controller's consumers of ``model-events`` (which also relays the outbox) and of
+  ``release-ticks``, and a timer publishing a tick every ``RELEASE_TICK_INTERVAL_S`` (the safety net that wakes
+  versions whose due event was lost and retires superseded versions after their grace period);
 * ``router``: the prediction router, its prediction-log publisher and an outbox relay;
 * ``api``: the token-protected management API, the read API and dashboard (``app.console``) and an outbox relay;
 * ``monitor``: the drift monitor's consumer of ``prediction-logs`` and its window flush;
@@ -39,11 +40,13 @@ from app.console import console_routes
 from app.management_api import management_routes
 from monitoring.monitor import MONITOR_SUBSCRIPTION, PROFILE_SUBSCRIPTION, DriftMonitor, subscriptions
 from release.adapters.local_bucket import LocalBucketWatcher, LocalFolderStore
-from release.bootstrap import CONTROLLER_SUBSCRIPTION, App, default_policy
+from release.bootstrap import CONTROLLER_SUBSCRIPTION, TICKS_SUBSCRIPTION, App, default_policy
 from release.router import PredictionLogger, Router, RouterMetrics, RouteTable, build_router_app
+from release.waits import publish_tick
 from release.worker import Consumer
 from schemas.errors import ReleaseError
 from schemas.events import CloudEvent, EventType
+from schemas.tables import utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +98,11 @@ def _controller(app: App, stop: threading.Event, parts: _Parts, *,
 
     consumer = Consumer(bus=app.bus, subscription=CONTROLLER_SUBSCRIPTION, handler=handle)
     parts.threads.append(_consume(stop, consumer, "controller", retry_s=app.settings.poll_interval_s))
+    ticks = Consumer(bus=app.bus, subscription=TICKS_SUBSCRIPTION, handler=controller.handle_tick)
+    parts.threads.append(_consume(stop, ticks, "controller-ticks", retry_s=app.settings.poll_interval_s))
+    # The timer only publishes: whichever controller consumes the tick does the work, as with a cloud scheduler.
+    parts.threads.append(_loop(stop, app.settings.tick_interval_s,
+                               lambda: publish_tick(app.engine, app.bus, utcnow()), "ticker"))
     parts.relays = True  # Consumer.run relays the outbox before every pull
     for model, version in controller.resume_all():
         try:
@@ -155,11 +163,9 @@ def _assemble(app: App, role: str, stop: threading.Event, registry: CollectorReg
     every = app.settings.reconcile_interval_s
     if role == "all":
         _all(app, stop, parts, registry)
-        parts.threads.append(_loop(stop, every, lambda: (app.intake.reconcile(), app.controller.retire_superseded()),
-                                   "reconcile"))
+        parts.threads.append(_loop(stop, every, app.intake.reconcile, "reconcile"))
     elif role == "controller":
         _controller(app, stop, parts, on_alias_moved=None)
-        parts.threads.append(_loop(stop, every, app.controller.retire_superseded, "retire"))
     elif role == "monitor":
         _monitor(app, stop, parts, registry)
     elif role == "intake":

@@ -26,6 +26,8 @@ from schemas.events import Topic
 from schemas.policy import ReleasePolicy
 
 CONTROLLER_SUBSCRIPTION = "controller"
+#: The controller's subscription to ``release-ticks``.
+TICKS_SUBSCRIPTION = "controller-ticks"
 
 
 def _folder_store(settings: Settings) -> ArtifactStore:
@@ -110,7 +112,7 @@ class App:
             from release.promotion import RoutePromoter
 
             gates: GateRunner = HttpGateRunner()
-            promoter: Promoter = RoutePromoter(engine=self.engine)
+            promoter: Promoter = RoutePromoter()
             cache = self.settings.home.resolve() / "artifacts"
 
             def local_copy(version: VersionView) -> Path | None:
@@ -118,14 +120,14 @@ class App:
 
             self._controller = Controller(engine=self.engine, bus=self.bus, serving=self.serving, gates=gates,
                                           promoter=promoter, materialize=local_copy,
-                                          crash_at=self.settings.fault_crash_at, gpu=wants_gpu(self.settings))
+                                          crash_at=self.settings.fault_crash_at, gpu=wants_gpu(self.settings),
+                                          max_rollouts=self.settings.max_rollouts)
         return self._controller
 
     def ensure_subscriptions(self) -> None:
         """The subscriptions the control plane consumes."""
-        self.bus.ensure_subscription(SubscriptionSpec(name=CONTROLLER_SUBSCRIPTION, topic=Topic.MODEL_EVENTS,
-                                                      ack_deadline_s=self.settings.ack_deadline_s,
-                                                      max_attempts=self.settings.max_attempts))
+        for spec in controller_subscriptions(self.settings):
+            self.bus.ensure_subscription(spec)
 
     def drain_controller(self) -> int:
         """Handle model events until the controller's subscription is idle; returns how many were handled."""
@@ -139,6 +141,13 @@ class App:
             self._serving.close()
         self.bus.close()
         self.engine.dispose()
+
+
+def controller_subscriptions(settings: Settings) -> list[SubscriptionSpec]:
+    """The controller's subscriptions: model events, and the ticks that wake what a lost event left waiting."""
+    return [SubscriptionSpec(name=name, topic=topic, ack_deadline_s=settings.ack_deadline_s,
+                             max_attempts=settings.max_attempts)
+            for name, topic in ((CONTROLLER_SUBSCRIPTION, Topic.MODEL_EVENTS), (TICKS_SUBSCRIPTION, Topic.TICKS))]
 
 
 def wants_gpu(settings: Settings) -> bool | None:

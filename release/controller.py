@@ -19,21 +19,24 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import structlog
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from release import registry
+from release import registry, rollout_slots
+from release.canary import CanaryRunner, Verdict
 from release.db import session_scope
 from release.deployment_spec import deployment_spec
+from release.operator_actions import SKIP_GATES, OperatorActions
 from release.ports import Candidate, DeploymentSpec, EventBus, GateRunner, Promoter, ServingBackend
 from release.registry import PROD, STG, VersionView
-from release.transitions import SYSTEM, Step, TransitionApplier, alias_moved, displace, set_intent
-from schemas.errors import InvalidTransition, NotFound, PermanentError, Reason, ReleaseError
+from release.transitions import SYSTEM, Step, TransitionApplier, alias_moved, displace
+from release.waits import Scheduler, check_due
+from schemas.errors import PermanentError, ReleaseError
 from schemas.events import (
     CloudEvent,
     EventType,
@@ -42,10 +45,9 @@ from schemas.events import (
     RolloutData,
     make_event,
 )
-from schemas.policy import ReleasePolicy
-from schemas.reports import PromotionReport
+from schemas.policy import ReleasePolicy, Strategy
 from schemas.states import SETTLED, VersionState
-from schemas.tables import AuditEntry, ModelVersion, utcnow
+from schemas.tables import ModelVersion, utcnow
 
 # Step is defined beside the applier that returns it, and is part of this module's API (the CLI reports it).
 __all__ = ["SKIP_GATES", "Controller", "Step", "is_settled"]
@@ -53,16 +55,17 @@ __all__ = ["SKIP_GATES", "Controller", "Step", "is_settled"]
 log = structlog.get_logger(__name__)
 S = VersionState
 
-#: Intents that skip the gates: a person promoting by hand, or a rollback restoring a proven version.
-SKIP_GATES = frozenset({"promote", "restore"})
+#: States a tick wakes when they have not moved for a while: everything still on its way.
+WOKEN_BY_TICK = (S.REGISTERED, *rollout_slots.IN_FLIGHT)
 
 
-class Controller:
+class Controller(OperatorActions):
     """Drives versions through the release state machine. Several controllers may run at once."""
 
     def __init__(self, *, engine: Engine, bus: EventBus, serving: ServingBackend, gates: GateRunner,
                  promoter: Promoter, materialize: Callable[[VersionView], Path | None],
-                 crash_at: str = "", gpu: bool | None = None, clock: Callable[[], Any] = utcnow) -> None:
+                 crash_at: str = "", gpu: bool | None = None, clock: Callable[[], datetime] = utcnow,
+                 max_rollouts: int = 4, stale_after_s: float = 30.0) -> None:
         self._engine = engine
         self._bus = bus
         self._serving = serving
@@ -72,7 +75,12 @@ class Controller:
         self._crash_at = crash_at
         self._gpu = gpu
         self._now = clock
+        self._max_rollouts = max_rollouts
+        self._stale_after = timedelta(seconds=stale_after_s)
         self._transitions = TransitionApplier(engine=engine, bus=bus, backend=serving.name, fault=self._fault)
+        self._scheduler = Scheduler(engine=engine, bus=bus, clock=clock)
+        self._canary = CanaryRunner(engine=engine, bus=bus, promoter=promoter, scheduler=self._scheduler,
+                                    clock=clock, fault=self._fault)
 
     # ------------------------------------------------------------------------------------------ entry points
     def handle(self, event: CloudEvent) -> Step | None:
@@ -81,9 +89,32 @@ class Controller:
             data = event.data
             return self.rollback(data["model"], actor=str(data.get("actor", "unknown")),
                                  reason=str(data.get("reason", "")), expected_version=data.get("version"))
-        if event.model is None or event.version is None:
-            return None
+        if event.model is None or event.version is None or event.type == EventType.CANARY_STEP:
+            return None  # a canary step's own event is a record: its due event drives the next move
+        if event.type == EventType.RECONCILE_DUE:
+            check_due(event, self._now())
         return self.reconcile(event.model, event.version)
+
+    def handle_tick(self, event: CloudEvent) -> int:
+        """React to one event of ``release-ticks``: one tick; how many versions it woke."""
+        return self.tick() if event.type == EventType.TICK else 0
+
+    def tick(self) -> int:
+        """The safety net, one short step: a due event for every in-flight version that has not moved for a
+        while (its own due event may be lost), and the superseded versions whose grace period is over retired.
+        Returns how many versions were woken."""
+        cutoff = self._now() - self._stale_after
+        with session_scope(self._engine) as session:
+            freed = rollout_slots.sweep(session)
+            rows = session.exec(select(ModelVersion).where(col(ModelVersion.state).in_(WOKEN_BY_TICK))
+                                .where(col(ModelVersion.updated_at) < cutoff)).all()
+            views = [registry.get_version_by_id(session, r.id) for r in rows if r.id is not None]
+            for view in views:
+                self._scheduler.wake(session, view, why="tick")
+        if freed or views:
+            log.info("controller.tick", woken=len(views), slots_freed=freed)
+        self.retire_superseded()
+        return len(views)
 
     def reconcile(self, model: str, version: str) -> Step | None:
         """Take the one step the version's stored state calls for."""
@@ -107,14 +138,24 @@ class Controller:
 
     # ------------------------------------------------------------------------------------------ steps
     def _registered(self, view: VersionView) -> Step:
-        return self._transitions.move(view, S.DEPLOYING, reason="rollout started")
+        def claim(session: Session) -> list[CloudEvent]:
+            rollout_slots.claim(session, version_id=view.id, limit=self._max_rollouts)
+            return []
+
+        try:
+            return self._transitions.move(view, S.DEPLOYING, reason="rollout started", also=claim)
+        except (rollout_slots.NoSlot, IntegrityError) as busy:
+            log.info("rollout.queued", why=str(busy))
+            return self._scheduler.later(view, since=view.updated_at, why="waiting for a rollout slot", cap_s=5.0)
 
     def _deploying(self, view: VersionView) -> Step:
         try:
             # Inside the try: a local copy that no longer matches the registered bytes fails the version too.
             spec = self._spec(view)
             self._serving.deploy(spec)
-            status = self._serving.wait_ready(spec, timeout_s=self._policy(view).rollout.ready_timeout_s)
+            status = self._serving.check_ready(spec, give_up=self._overdue(view, view.updated_at))
+            if not status.ready:
+                return self._scheduler.later(view, since=view.updated_at, why="pods not ready")
         except PermanentError as error:
             self._fault("DEPLOYING:failed")
             excerpt = str(error.details.get("log_excerpt", ""))
@@ -144,7 +185,9 @@ class Controller:
 
     def _evaluating(self, view: VersionView) -> Step:
         candidate = self._candidate(view)
-        baseline = self._prod_candidate(view.model, exclude=view.id)
+        baseline, pending = self._baseline(view)
+        if pending:
+            return self._scheduler.later(view, since=view.updated_at, why="baseline pods not ready")
         report = self._gates.evaluate(candidate, baseline=baseline, policy=self._policy(view))
         self._fault("EVALUATING:evaluated")
         passed = report.passed
@@ -164,32 +207,42 @@ class Controller:
         return step
 
     def _promoting(self, view: VersionView) -> Step:
+        rollout = self._policy(view).rollout
+        canary = view.intent not in SKIP_GATES and rollout.strategy is Strategy.CANARY
+        if canary and not self._canary.started(view):
+            stable, pending = self._baseline(view)
+            if pending:
+                return self._scheduler.later(view, since=view.updated_at, why="baseline pods not ready")
+            canary = stable is not None  # nothing to compare with: a direct flip, as for a first version
+        verdict = self._canary.advance(view, self._candidate(view), rollout) if canary else None
+        if canary and verdict is None:
+            return Step(view.model, view.version, view.state, view.state, note="canary in progress")
+        self._fault("PROMOTING:shifted")
+        if verdict is not None and not verdict.report.ok:
+            return self._roll_back(view, verdict)
+        return self._flip(view, record=verdict.record if verdict is not None else None)
+
+    def _roll_back(self, view: VersionView, verdict: Verdict) -> Step:
+        why = verdict.report.reason or "canary failed"
         with session_scope(self._engine) as session:
             prod = registry.find_alias(session, view.model, PROD)
-        stable = self._prod_candidate(view.model, exclude=view.id)
-        policy = self._policy(view)
-        if view.intent in SKIP_GATES:
-            outcome = PromotionReport(ok=True, reason=view.intent)
-        else:
-            outcome = self._promoter.shift(self._candidate(view), stable=stable, policy=policy)
-        self._fault("PROMOTING:shifted")
-        if not outcome.ok:
-            why = outcome.reason or "canary failed"
-            data = RolledBackData(model=view.model, version=view.version,
-                                  restored_version=stable.version if stable else None, actor=SYSTEM, reason=why)
-            with session_scope(self._engine) as session:
-                registry.set_route_weight(session, model=view.model, version=view.version, weight=0)
-            rolled_back = make_event(EventType.RELEASE_ROLLED_BACK, data,
-                                     event_id=f"rolled-back-{view.id}-{view.revision}")
-            step = self._transitions.move(view, S.ROLLED_BACK, reason=f"canary aborted: {why}", extra=[rolled_back],
-                                          audit=("release.rolled_back", why))
-            self._serving.retire(view.model, view.version)
-            return step
+        data = RolledBackData(model=view.model, version=view.version,
+                              restored_version=prod.version if prod else None, actor=SYSTEM, reason=why)
+        rolled_back = make_event(EventType.RELEASE_ROLLED_BACK, data, event_id=f"rolled-back-{view.id}-{view.revision}")
+        step = self._transitions.move(view, S.ROLLED_BACK, reason=f"canary aborted: {why}", extra=[rolled_back],
+                                      also=verdict.record, audit=("release.rolled_back", why))
+        self._serving.retire(view.model, view.version)
+        return step
+
+    def _flip(self, view: VersionView, *, record: Callable[[Session], list[CloudEvent]] | None) -> Step:
+        with session_scope(self._engine) as session:
+            prod = registry.find_alias(session, view.model, PROD)
         expected = prod.revision if prod is not None else 0
 
         def flip(session: Session) -> list[CloudEvent]:
-            events = [alias_moved(session, view, PROD, expected_revision=expected,
-                                  reason=view.state_reason or "gates passed")]
+            events = record(session) if record is not None else []
+            events.append(alias_moved(session, view, PROD, expected_revision=expected,
+                                      reason=view.state_reason or "gates passed"))
             registry.clear_routes(session, view.model)  # the canary's route becomes PROD itself
             displaced = prod.version if prod is not None else None
             if view.intent == "restore" and displaced and displaced != view.version:
@@ -203,10 +256,13 @@ class Controller:
         with session_scope(self._engine) as session:
             prod = registry.find_alias(session, view.model, PROD)
         if prod is not None and prod.version == view.version:
-            spec = self._spec(view)
-            if self._serving.status(view.model, view.version) is None:
+            status = self._serving.status(view.model, view.version)
+            if status is None or not status.ready:
+                spec = self._spec(view)
                 self._serving.deploy(spec)
-                status = self._serving.wait_ready(spec, timeout_s=self._policy(view).rollout.ready_timeout_s)
+                status = self._serving.check_ready(spec)
+                if not status.ready:
+                    return self._scheduler.later(view, since=view.updated_at, why="PROD pods not ready")
                 with session_scope(self._engine) as session:
                     registry.record_deployment(session, version_id=view.id, backend=self._serving.name,
                                                status="ready", endpoints=status.endpoints)
@@ -251,96 +307,7 @@ class Controller:
                 steps.append(live_step)
         return steps
 
-    # ------------------------------------------------------------------------------------------ operations
-    def promote(self, model: str, version: str, *, actor: str, reason: str) -> Step:
-        """Send a version to PROD by hand, skipping the gates. Audited; done by the controller's next steps."""
-        with session_scope(self._engine) as session:
-            view = registry.get_version(session, model, version)
-            prod = registry.find_alias(session, model, PROD)
-        if prod is not None and prod.version == version:
-            return Step(model, version, view.state, view.state, note="already PROD")
-        if view.state is S.LIVE and self._serving.status(model, version) is not None:
-            with session_scope(self._engine) as session:
-                moved = alias_moved(session, view, PROD, expected_revision=prod.revision if prod else 0,
-                                    actor=actor, reason=reason)
-                registry.audit(session, actor=actor, action="version.promoted", model=model, version=version,
-                               reason=reason)
-                self._transitions.publish(session, [moved])
-            return Step(model, version, view.state, view.state, note="PROD flipped to warm version")
-        if view.state in (S.STAGED, S.EVALUATING):
-            with session_scope(self._engine) as session:
-                set_intent(session, view, "promote")
-                registry.audit(session, actor=actor, action="version.promoted", model=model, version=version,
-                               reason=reason)
-            return Step(model, version, view.state, view.state, note="will skip gates")
-        if view.state in (S.REGISTERED, S.DEPLOYING, S.PROMOTING):
-            raise InvalidTransition(f"{model}/{version} is {view.state}; wait until it settles, then promote",
-                                    details={"state": str(view.state)})
-        return self._transitions.move(view, S.DEPLOYING, reason=f"promoted by {actor}: {reason}",
-                                      intent="promote", audit=("version.promoted", reason), actor=actor)
-
-    def retry(self, model: str, version: str, *, actor: str, reason: str) -> Step:
-        """Release a settled version again through the whole path: deploy, gates, canary. Audited.
-
-        For an aborted canary, a rejected or failed version after its cause was fixed outside the artifact
-        (a policy, a flaky dependency); the artifact itself is immutable.
-        """
-        with session_scope(self._engine) as session:
-            view = registry.get_version(session, model, version)
-        if view.state not in (S.REJECTED, S.FAILED, S.ROLLED_BACK, S.RETIRED):
-            raise InvalidTransition(f"{model}/{version} is {view.state}; only a settled version that is not LIVE "
-                                    "can be retried", details={"state": str(view.state)})
-        return self._transitions.move(view, S.DEPLOYING, reason=f"retried by {actor}: {reason}", intent="",
-                                      audit=("version.retried", reason), actor=actor)
-
-    def rollback(self, model: str, *, actor: str, reason: str, expected_version: str | None = None) -> Step | None:
-        """Put PROD back on the version it pointed at before the current one. Audited.
-
-        When that version's pods are still warm the alias flips at once; otherwise it is redeployed and PROD
-        stays on the current version until it is ready (the stable version is never unrouted first).
-        """
-        with session_scope(self._engine) as session:
-            registry.get_model(session, model)  # an unknown model says so, rather than "no PROD"
-            prod = registry.find_alias(session, model, PROD)
-            if prod is None or prod.version is None:
-                raise NotFound(f"{model} has no PROD version to roll back", reason=Reason.ALIAS_NOT_FOUND)
-            if expected_version is not None and prod.version != expected_version:
-                log.info("rollback.skipped", reason="PROD already moved", prod=prod.version,
-                         requested_for=expected_version)
-                return None
-            current = registry.get_version(session, model, prod.version)
-            previous = self._previous_prod(session, model, prod.version)
-            if previous is None:
-                raise PermanentError(f"{model} has no earlier PROD version to roll back to",
-                                     reason=Reason.ALIAS_NOT_FOUND,
-                                     hint="Promote a specific version with `release promote NAME VERSION`.")
-            target = registry.get_version(session, model, previous)
-        warm = target.state is S.LIVE and self._serving.status(model, target.version) is not None
-        if warm:
-            def flip(session: Session) -> list[CloudEvent]:
-                events = [alias_moved(session, target, PROD, expected_revision=prod.revision, actor=actor,
-                                      reason=f"rollback: {reason}")]
-                data = RolledBackData(model=model, version=current.version, restored_version=target.version,
-                                      actor=actor, reason=reason)
-                events.append(make_event(EventType.RELEASE_ROLLED_BACK, data,
-                                         event_id=f"rolled-back-{current.id}-{current.revision}"))
-                return events
-            step = self._transitions.move(current, S.ROLLED_BACK, reason=f"rolled back by {actor}: {reason}",
-                                          also=flip, audit=("release.rolled_back", reason), actor=actor)
-            self._serving.retire(model, current.version)
-            return step
-        why = f"restoring: rollback of {current.version} by {actor}"
-        return self._transitions.move(target, S.DEPLOYING, reason=why, intent="restore",
-                                      audit=("release.rollback_started", reason), actor=actor)
-
     # ------------------------------------------------------------------------------------------ helpers
-    def _previous_prod(self, session: Session, model: str, current: str) -> str | None:
-        row = session.exec(select(AuditEntry).where(AuditEntry.model == model)
-                           .where(AuditEntry.action == "alias.moved").where(AuditEntry.alias == PROD)
-                           .where(AuditEntry.to_version == current)
-                           .order_by(col(AuditEntry.id).desc())).first()
-        return row.from_version if row is not None else None
-
     def _policy(self, view: VersionView) -> ReleasePolicy:
         return ReleasePolicy.model_validate(view.policy or {})
 
@@ -357,23 +324,31 @@ class Controller:
         return Candidate(model=view.model, version=view.version, version_id=view.id, manifest=view.manifest,
                          endpoints=endpoints, local_path=self._materialize(view))
 
-    def _prod_candidate(self, model: str, *, exclude: int) -> Candidate | None:
+    def _baseline(self, view: VersionView) -> tuple[Candidate | None, bool]:
+        """PROD's pods to compare ``view`` with, brought up when gone: (candidate, False); (None, False) when
+        there is no PROD or it cannot come up in time; (None, True) while it is still coming up."""
         with session_scope(self._engine) as session:
-            prod = registry.find_alias(session, model, PROD)
-            if prod is None or prod.version_id is None or prod.version_id == exclude:
-                return None
-            view = registry.get_version_by_id(session, prod.version_id)
-        status = self._serving.status(model, view.version)
+            prod = registry.find_alias(session, view.model, PROD)
+            if prod is None or prod.version_id is None or prod.version_id == view.id:
+                return None, False
+            base = registry.get_version_by_id(session, prod.version_id)
+        status = self._serving.status(base.model, base.version)
         if status is None or not status.ready:
             try:
-                spec = self._spec(view)
+                spec = self._spec(base)
                 self._serving.deploy(spec)
-                status = self._serving.wait_ready(spec, timeout_s=self._policy(view).rollout.ready_timeout_s)
+                status = self._serving.check_ready(spec, give_up=self._overdue(base, view.updated_at))
             except ReleaseError as error:
-                log.warning("baseline.unavailable", baseline=view.version, error=str(error))
-                return None
-        return Candidate(model=model, version=view.version, version_id=view.id, manifest=view.manifest,
-                         endpoints=status.endpoints)
+                log.warning("baseline.unavailable", baseline=base.version, error=str(error))
+                return None, False
+            if not status.ready:
+                return None, True
+        return Candidate(model=base.model, version=base.version, version_id=base.id, manifest=base.manifest,
+                         endpoints=status.endpoints), False
+
+    def _overdue(self, view: VersionView, since: datetime) -> bool:
+        """Whether ``view``'s pods have had their ``ready_timeout_s`` since ``since``."""
+        return self._now() - since >= timedelta(seconds=self._policy(view).rollout.ready_timeout_s)
 
     def _fault(self, point: str) -> None:
         # Testing hook: a real SIGKILL at a named point proves that restarts converge.

@@ -15,8 +15,8 @@ from typing import Any, BinaryIO, Protocol
 from sqlmodel import Session
 
 from schemas.events import CloudEvent, Topic
-from schemas.policy import ReleasePolicy
-from schemas.reports import GateReport, PromotionReport
+from schemas.policy import CanaryStep, ReleasePolicy, RolloutPolicy
+from schemas.reports import CanaryStepResult, GateReport
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -103,8 +103,13 @@ class SubscriptionSpec:
 class EventBus(Protocol):
     """Topics and subscriptions with at-least-once delivery. Publishing is transactional (outbox)."""
 
-    def publish(self, event: CloudEvent, *, topic: Topic, session: Session) -> None:
-        """Record ``event`` in the caller's transaction: it is delivered if and only if that transaction commits."""
+    def publish(self, event: CloudEvent, *, topic: Topic, session: Session,
+                not_before: datetime | None = None) -> None:
+        """Record ``event`` in the caller's transaction: it is delivered if and only if that transaction commits.
+
+        ``not_before`` delays the delivery until then where the transport can (the local bus, the memory bus);
+        Pub/Sub cannot delay a publish and delivers at once, so a consumer of a due event checks the time itself.
+        """
         ...
 
     def ensure_subscription(self, spec: SubscriptionSpec) -> None:
@@ -212,6 +217,15 @@ class ServingBackend(Protocol):
         """Block until every replica is ready; ``PermanentError(ROLLOUT_FAILED)`` with a log excerpt if never."""
         ...
 
+    def check_ready(self, spec: DeploymentSpec, *, give_up: bool = False) -> DeploymentStatus:
+        """Look once, without waiting: the pods' status, ready or not yet.
+
+        Raise ``PermanentError`` (``rollout_failed``, or ``checksum_mismatch`` for pods that refused the bytes)
+        with ``details.log_excerpt`` when they cannot become ready: a pod exited for good, or ``give_up`` (the
+        caller's timeout passed) and they are still not ready.
+        """
+        ...
+
     def status(self, model: str, version: str) -> DeploymentStatus | None:
         """The pods' status, or None when nothing runs for that version."""
         ...
@@ -248,8 +262,17 @@ class GateRunner(Protocol):
 
 
 class Promoter(Protocol):
-    """Moves traffic to a version that passed its gates: a direct flip, or canary steps watched against budgets."""
+    """Watches a canary's pods: what they served between a step's start and its judgement.
 
-    def shift(self, candidate: Candidate, *, stable: Candidate | None, policy: ReleasePolicy) -> PromotionReport:
-        """Run the traffic steps and report how they went; never moves aliases."""
+    The controller sets the route weights and keeps each step's progress; the promoter only measures, so each
+    step is two short calls with the watch window in between spent waiting for a due event, not in a call.
+    """
+
+    def snapshot(self, candidate: Candidate) -> dict[str, Any]:
+        """The candidate pods' cumulative counters now, as JSON stored with the step's start."""
+        ...
+
+    def judge(self, candidate: Candidate, *, step: CanaryStep, snapshot: dict[str, Any],
+              rollout: RolloutPolicy) -> CanaryStepResult:
+        """Read the counters again and judge what the pods served since ``snapshot`` against the budgets."""
         ...

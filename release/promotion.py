@@ -1,27 +1,25 @@
-"""Promotion: moves traffic to a version that passed its gates — a direct flip, or canary steps.
+"""Promotion: judging canary steps by what the candidate's own pods served.
 
 A canary step sets the candidate's route weight (the router sends that share of PROD traffic to it), then
 watches the candidate's own pods for a window: the error rate and p99 latency come from the pods' Prometheus
 counters and histograms (deltas over the window), so what is judged is what clients really got. A breach
 sets the weight back to 0 at once: the stable version never stopped serving, so nothing else has to move.
-The decision per step is pure (``judge_step``); the promoter never moves aliases, the controller does.
+The decision per step is pure (``judge_step``); the steps themselves (weights, windows, progress) are run by
+``release.canary`` for the controller, one short reconcile each, and the promoter never moves aliases.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy.engine import Engine
 
-from release import registry
-from release.db import session_scope
 from release.ports import Candidate
-from schemas.policy import CanaryStep, ReleasePolicy, RolloutPolicy, Strategy
-from schemas.reports import CanaryStepResult, PromotionReport
+from schemas.policy import CanaryStep, RolloutPolicy
+from schemas.reports import CanaryStepResult
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +41,16 @@ class PodCounters:
         before = dict(earlier.buckets)
         return PodCounters(requests=self.requests - earlier.requests, errors=self.errors - earlier.errors,
                            buckets=tuple((le, n - before.get(le, 0.0)) for le, n in self.buckets))
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (a canary step's snapshot)."""
+        return {"requests": self.requests, "errors": self.errors, "buckets": [list(b) for b in self.buckets]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PodCounters:
+        """Back from the stored form; an empty one is zero counters."""
+        return cls(requests=float(data.get("requests", 0.0)), errors=float(data.get("errors", 0.0)),
+                   buckets=tuple((float(le), float(n)) for le, n in data.get("buckets", [])))
 
     def p99_ms(self) -> float | None:
         """The 99th percentile latency bucket bound, in ms (None with no requests)."""
@@ -91,38 +99,22 @@ def judge_step(step: CanaryStep, window: PodCounters, rollout: RolloutPolicy) ->
 
 
 class RoutePromoter:
-    """``Promoter`` that shifts traffic through the router's route weights and watches the pods."""
+    """``Promoter`` that reads the candidate's own pods: the controller sets the routes and keeps the steps."""
 
-    def __init__(self, *, engine: Engine, stop: threading.Event | None = None) -> None:
-        self._engine = engine
-        self._stop = stop or threading.Event()
+    def __init__(self) -> None:
         self._client = httpx.Client(timeout=5.0)
 
-    def shift(self, candidate: Candidate, *, stable: Candidate | None, policy: ReleasePolicy) -> PromotionReport:
-        """Run the policy's strategy; on success the caller moves PROD, on failure nothing routes to the candidate."""
-        rollout = policy.rollout
-        if rollout.strategy is Strategy.DIRECT or stable is None:
-            return PromotionReport(ok=True, strategy=Strategy.DIRECT)
-        steps: list[CanaryStepResult] = []
-        for step in rollout.steps:
-            self._set_weight(candidate, step.weight)
-            before = self._scrape(candidate)
-            self._stop.wait(step.watch_s)
-            verdict = judge_step(step, self._scrape(candidate).minus(before), rollout)
-            steps.append(verdict)
-            log.info("canary.step", weight=step.weight, requests=verdict.requests, error_rate=verdict.error_rate,
-                     ok=verdict.ok)
-            if not verdict.ok:
-                self._set_weight(candidate, 0)
-                return PromotionReport(ok=False, strategy=Strategy.CANARY, steps=tuple(steps),
-                                       reason=f"step {step.weight}%: {'; '.join(verdict.breaches)}")
-        return PromotionReport(ok=True, strategy=Strategy.CANARY, steps=tuple(steps))
+    def snapshot(self, candidate: Candidate) -> dict[str, Any]:
+        """The pods' counters at a step's start, as stored with the step."""
+        return self._scrape(candidate).to_json()
 
-    def _set_weight(self, candidate: Candidate, weight: int) -> None:
-        # A 100% route sends all PROD traffic to the candidate until the controller flips the alias and clears
-        # the routes in one transaction, so there is no moment where the old version takes traffic back.
-        with session_scope(self._engine) as session:
-            registry.set_route_weight(session, model=candidate.model, version=candidate.version, weight=weight)
+    def judge(self, candidate: Candidate, *, step: CanaryStep, snapshot: dict[str, Any],
+              rollout: RolloutPolicy) -> CanaryStepResult:
+        """What the pods served since ``snapshot``, judged against the budgets."""
+        verdict = judge_step(step, self._scrape(candidate).minus(PodCounters.from_json(snapshot)), rollout)
+        log.info("canary.step", weight=step.weight, requests=verdict.requests, error_rate=verdict.error_rate,
+                 ok=verdict.ok)
+        return verdict
 
     def _scrape(self, candidate: Candidate) -> PodCounters:
         total = PodCounters(0.0, 0.0, ())

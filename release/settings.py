@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=60.0, description="How often `up` lists the bucket for lost events.")
     ack_deadline_s: float = Field(default=600.0, description="Lease on a delivery before it is redelivered.")
     max_attempts: int = Field(default=5, description="Deliveries before an event is dead-lettered.")
+    max_rollouts: int = Field(default=4, ge=1, description=(
+        "Versions that may hold pods while in flight (DEPLOYING..PROMOTING) at once; the rest wait REGISTERED."))
+    tick_interval_s: float = Field(default=10.0, gt=0, description=(
+        "How often `up` publishes a tick: the controller's safety net for lost due events and grace periods."))
     gpu: Literal["auto", "on", "off"] = Field(default="auto", description="Run local pods on the GPU.")
     pod_user: str = Field(default="auto", description=(
         "The account local pods run as when the control plane runs as root: 'auto' (nobody, if it can run the pod "

@@ -32,8 +32,8 @@ from release.ports import (
 )
 from schemas.errors import NotFound, PermanentError, Reason, TemporaryError
 from schemas.events import CloudEvent, Topic
-from schemas.policy import ReleasePolicy, Strategy
-from schemas.reports import CanaryStepResult, GateReport, GateResult, PromotionReport
+from schemas.policy import CanaryStep, ReleasePolicy, RolloutPolicy
+from schemas.reports import CanaryStepResult, GateReport, GateResult
 
 
 class MemoryStore:
@@ -119,15 +119,18 @@ class MemoryBus:
         self._dead: dict[str, list[_Delivery]] = {}
         self._handles = itertools.count(1)
 
-    def publish(self, event: CloudEvent, *, topic: Topic, session: Session) -> None:
-        """Deliver ``event`` to every subscription of ``topic`` once ``session`` commits."""
-        sa_event.listen(session, "after_commit", lambda _s: self._fan_out(event, topic), once=True)
+    def publish(self, event: CloudEvent, *, topic: Topic, session: Session,
+                not_before: datetime | None = None) -> None:
+        """Deliver ``event`` to every subscription of ``topic`` once ``session`` commits (not before ``not_before``)."""
+        delay = 0.0 if not_before is None else (not_before - datetime.now(UTC)).total_seconds()
+        sa_event.listen(session, "after_commit", lambda _s: self._fan_out(event, topic, delay), once=True)
 
-    def _fan_out(self, event: CloudEvent, topic: Topic) -> None:
+    def _fan_out(self, event: CloudEvent, topic: Topic, delay_s: float) -> None:
         with self._lock:
+            available = self._clock() + max(0.0, delay_s)
             for name, spec in self._specs.items():
                 if spec.topic == topic:
-                    self._queues[name].append(_Delivery(event=event))
+                    self._queues[name].append(_Delivery(event=event, available_at=available))
 
     def ensure_subscription(self, spec: SubscriptionSpec) -> None:
         """Create the subscription when missing."""
@@ -215,9 +218,15 @@ class MemoryBus:
 
 @dataclass
 class FakeServing:
-    """``ServingBackend`` that "runs" pods as dict entries. ``broken`` versions never become ready."""
+    """``ServingBackend`` that "runs" pods as dict entries.
+
+    ``broken`` versions' pods exit at once (they cannot load); ``slow`` versions' pods stay not ready, without
+    failing, until the test removes them from the set.
+    """
 
     broken: set[str] = field(default_factory=set)
+    slow: set[str] = field(default_factory=set)
+    checks: int = 0
     running: dict[tuple[str, str], DeploymentSpec] = field(default_factory=dict)
     deploys: int = 0
     retired: list[tuple[str, str]] = field(default_factory=list)
@@ -234,16 +243,23 @@ class FakeServing:
         return self._status(spec.model, spec.version)
 
     def _status(self, model: str, version: str) -> DeploymentStatus:
-        ready = version not in self.broken
+        ready = version not in self.broken and version not in self.slow
         return DeploymentStatus(model=model, version=version, ready=ready,
                                 endpoints=(f"http://fake/{model}/{version}",) if ready else (),
                                 ready_replicas=1 if ready else 0, replicas=1)
 
     def wait_ready(self, spec: DeploymentSpec, *, timeout_s: float) -> DeploymentStatus:
-        """Ready at once, or a rollout failure with a log excerpt for broken versions."""
-        if spec.version in self.broken:
+        """Ready at once, or a rollout failure with a log excerpt for broken (and still slow) versions."""
+        if spec.version in self.broken or spec.version in self.slow:
             raise PermanentError(f"{spec.model}/{spec.version} never became ready", reason=Reason.ROLLOUT_FAILED,
                                  details={"log_excerpt": "RuntimeError: cannot load model.pt"})
+        return self._status(spec.model, spec.version)
+
+    def check_ready(self, spec: DeploymentSpec, *, give_up: bool = False) -> DeploymentStatus:
+        """One look: broken pods fail at once, slow ones are not ready yet (a failure once ``give_up``)."""
+        self.checks += 1
+        if spec.version in self.broken or (give_up and spec.version in self.slow):
+            return self.wait_ready(spec, timeout_s=0)
         return self._status(spec.model, spec.version)
 
     def status(self, model: str, version: str) -> DeploymentStatus | None:
@@ -281,18 +297,21 @@ class ScriptedGates:
 
 @dataclass
 class ScriptedPromoter:
-    """``Promoter`` whose canary outcome per version is set by the test (default: success)."""
+    """``Promoter`` whose canary verdict per version is set by the test (default: every step passes)."""
 
     aborting: set[str] = field(default_factory=set)
-    calls: list[str] = field(default_factory=list)
+    calls: list[tuple[str, int]] = field(default_factory=list)
 
-    def shift(self, candidate: Candidate, *, stable: Candidate | None, policy: ReleasePolicy) -> PromotionReport:
-        """Succeed unless the version is listed in ``aborting``."""
-        self.calls.append(candidate.version)
+    def snapshot(self, candidate: Candidate) -> dict[str, Any]:
+        """Counters are not scripted: every window is judged on the scripted verdict alone."""
+        return {}
+
+    def judge(self, candidate: Candidate, *, step: CanaryStep, snapshot: dict[str, Any],
+              rollout: RolloutPolicy) -> CanaryStepResult:
+        """A breach of the error budget for versions listed in ``aborting``, a clean window otherwise."""
+        self.calls.append((candidate.version, step.weight))
         if candidate.version in self.aborting:
-            step = CanaryStepResult(weight=10, requests=100.0, errors=50.0, error_rate=0.5, p99_ms=None, judged=True,
-                                    ok=False, breaches=("error rate 0.500 > 0.01",))
-            return PromotionReport(ok=False, strategy=Strategy.CANARY, steps=(step,), reason="error budget exceeded")
-        step = CanaryStepResult(weight=100, requests=100.0, errors=0.0, error_rate=0.0, p99_ms=None, judged=True,
-                                ok=True, breaches=())
-        return PromotionReport(ok=True, strategy=Strategy.CANARY, steps=(step,))
+            return CanaryStepResult(weight=step.weight, requests=100.0, errors=50.0, error_rate=0.5, p99_ms=None,
+                                    judged=True, ok=False, breaches=("error rate 0.500 > 0.01",))
+        return CanaryStepResult(weight=step.weight, requests=100.0, errors=0.0, error_rate=0.0, p99_ms=None,
+                                judged=True, ok=True, breaches=())

@@ -1,7 +1,8 @@
 """Writing a version's state move: the one place the controller's decisions are applied to the store.
 
 A move is ONE transaction: compare-and-swap the state (a view that went stale loses the race and changes
-nothing), run the caller's extra writes, record the deployment and the audit trail, and publish the events that
+nothing), run the caller's extra writes, free the version's rollout slot when it leaves flight
+(``release.rollout_slots``), record the deployment and the audit trail, and publish the events that
 follow through the outbox, so they are delivered if and only if the move commits. The helpers below the applier
 are the extra writes a step may add to that transaction (an alias move, displacing another version, an intent);
 they take the caller's session and never commit.
@@ -16,10 +17,11 @@ import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from release import registry
+from release import registry, rollout_slots
 from release.db import session_scope
 from release.ports import EventBus
 from release.registry import VersionView
+from release.rollout_slots import IN_FLIGHT
 from schemas.errors import InvalidTransition
 from schemas.events import AliasMovedData, CloudEvent, EventType, StateChangedData, Topic, make_event
 from schemas.states import VersionState
@@ -66,6 +68,8 @@ class TransitionApplier:
                 events = list(extra or [])
                 if also is not None:
                     events += also(session)
+                if to not in IN_FLIGHT:
+                    events += rollout_slots.release(session, version_id=view.id)
                 if deployment is not None:
                     status, endpoints, excerpt = deployment
                     registry.record_deployment(session, version_id=view.id, backend=self._backend,

@@ -40,6 +40,7 @@ STATUS_BY_REASON: Mapping[Reason, int] = {
     Reason.INVALID_TRANSITION: 409,
     Reason.BODY_TOO_LARGE: 413,
     Reason.QUEUE_FULL: 429,
+    Reason.RESCHEDULED: 429,
     Reason.HANDLER_ERROR: 500,
     Reason.MODEL_LOAD_FAILED: 500,
     Reason.INTERNAL: 500,

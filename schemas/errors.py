@@ -58,6 +58,7 @@ class Reason(StrEnum):
     HANDLER_ERROR = "handler_error"
     NOT_READY = "not_ready"
     CAPACITY = "capacity"
+    RESCHEDULED = "rescheduled"
     # Events and transport.
     EVENT_INVALID = "event_invalid"
     UNAVAILABLE = "unavailable"
@@ -101,6 +102,20 @@ class TemporaryError(ReleaseError):
     def __init__(self, message: str, *, delay: float = 5.0, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.delay = delay
+
+
+class Reschedule(TemporaryError):
+    """A wait came due early (a bus that cannot delay a delivery): hand the message back for ``delay_s``.
+
+    Not a failure: the work is simply not due yet, so consumers nack it with that delay and HTTP answers 429
+    with ``Retry-After``, which makes a push delivery come back later.
+    """
+
+    reason = Reason.RESCHEDULED
+    hint = "Nothing to do: the event is delivered again when it is due."
+
+    def __init__(self, message: str, *, delay_s: float, **kwargs: Any) -> None:
+        super().__init__(message, delay=max(0.0, delay_s), **kwargs)
 
 
 class PermanentError(ReleaseError):

@@ -17,12 +17,13 @@ from schemas.states import VersionState
 
 
 class Topic(StrEnum):
-    """The four topics of the architecture."""
+    """The topics of the architecture: four for the data path, and the controller's safety-net ticks."""
 
     MODEL_EVENTS = "model-events"
     PREDICTION_LOGS = "prediction-logs"
     DRIFT_METRICS = "drift-metrics"
     ALERTS = "alerts"
+    TICKS = "release-ticks"
 
 
 class EventType(StrEnum):

@@ -317,3 +317,38 @@ class PolicyRevision(SQLModel, table=True):
     reason: str = Field(default="", sa_type=sa.Text)
     diff: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
     created_at: datetime = _ts()
+
+
+class CanaryStepRecord(SQLModel, table=True):
+    """One canary step of one promotion attempt: when it started, the pods' counters then, and its verdict.
+
+    ``attempt`` is the version's revision while it is PROMOTING (a retried version canaries again under a new
+    one). ``result`` is the judged ``CanaryStepResult``; None while the step's watch window is open.
+    """
+
+    __tablename__ = "canary_step"
+    __table_args__ = (sa.UniqueConstraint("version_id", "attempt", "step", name="uq_canary_step"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    version_id: int = Field(foreign_key="model_version.id", index=True)
+    attempt: int
+    step: int
+    weight: int
+    watch_s: float
+    started_at: datetime = _ts()
+    snapshot: dict[str, Any] = Field(default_factory=dict, sa_type=sa.JSON)
+    result: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON(none_as_null=True), nullable=True)
+    judged_at: datetime | None = Field(default=None, sa_type=UTCDateTime, nullable=True)
+
+
+class RolloutSlot(SQLModel, table=True):
+    """A claim on one of the ``max_rollouts`` slots: at most that many versions hold pods while in flight.
+
+    The primary key is the slot number, so two controllers claiming the same free slot cannot both commit.
+    """
+
+    __tablename__ = "rollout_slot"
+
+    slot: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    version_id: int = Field(foreign_key="model_version.id", unique=True)
+    claimed_at: datetime = _ts()

@@ -142,18 +142,26 @@ class FarmServing:
 
     def wait_ready(self, spec: DeploymentSpec, *, timeout_s: float) -> DeploymentStatus:
         deadline = time.monotonic() + timeout_s
-        port = self.deployed[(spec.model, spec.version)]
-        while time.monotonic() < deadline:
-            status = self._status(spec.model, spec.version)
+        while True:
+            status = self.check_ready(spec, give_up=time.monotonic() >= deadline)
             if status.ready:
                 return status
-            error = self.http.get(self._url()).json()["errors"].get(str(port))
-            if error:
-                raise PermanentError(f"{spec.model}/{spec.version} failed to load: {error}",
-                                     reason=Reason.ROLLOUT_FAILED, details={"log_excerpt": error})
-            time.sleep(0.2)
-        raise PermanentError(f"{spec.model}/{spec.version} not ready after {timeout_s}s",
-                             reason=Reason.ROLLOUT_FAILED)
+            time.sleep(0.05)
+
+    def check_ready(self, spec: DeploymentSpec, *, give_up: bool = False) -> DeploymentStatus:
+        """One look: ready, not yet, or ``ROLLOUT_FAILED`` when the farm could not load it (or ``give_up``)."""
+        port = self.deployed.get((spec.model, spec.version))
+        if port is None:
+            raise PermanentError(f"{spec.model}/{spec.version} is not deployed", reason=Reason.ROLLOUT_FAILED)
+        status = self._status(spec.model, spec.version)
+        if status.ready:
+            return status
+        error = self.http.get(self._url()).json()["errors"].get(str(port))
+        if error or give_up:
+            why = error or "not ready in time"
+            raise PermanentError(f"{spec.model}/{spec.version} failed to load: {why}",
+                                 reason=Reason.ROLLOUT_FAILED, details={"log_excerpt": why})
+        return status
 
     def _status(self, model: str, version: str) -> DeploymentStatus:
         port = self.deployed[(model, version)]

@@ -13,6 +13,7 @@ It implements ``release.ports.ServingBackend`` with the official ``kubernetes`` 
   complete the way ``kubectl rollout status`` defines it. On timeout, or once the Deployment reports
   ``ProgressDeadlineExceeded``, it raises ``PermanentError(ROLLOUT_FAILED)`` whose details carry the pods'
   phases, conditions, container states and log tails: the excerpt a person reads to see why.
+  ``check_ready`` judges the same from one read, for the controller, which never waits.
 * Vendor errors never leave this module: every API call runs in ``k8s_errors.api_errors``, which turns
   429, 5xx and connection failures into ``TemporaryError`` (redeliver later), other API refusals (409 field
   conflicts, 422 invalid objects, 403 missing RBAC) into ``PermanentError``.
@@ -41,6 +42,7 @@ from release.adapters.k8s_manifests import (
     service_url,
 )
 from release.adapters.k8s_names import object_name, selector_labels
+from release.adapters.k8s_status import conditions, container_state, exit_codes, worth_a_log
 from release.ports import DeploymentSpec, DeploymentStatus
 from schemas import pod_exit
 from schemas.errors import PermanentError, Reason
@@ -75,43 +77,6 @@ def _default_client(*, kubeconfig: str | None, context: str | None) -> client.Ap
     return client.ApiClient(configuration)
 
 
-def _conditions(items: list[dict[str, Any]] | None) -> list[str]:
-    return [
-        f"{c.get('type')}={c.get('status')}"
-        + (f" ({c['reason']})" if c.get("reason") else "")
-        + (f": {c['message']}" if c.get("message") else "")
-        for c in items or []
-    ]
-
-
-def _container_state(status: dict[str, Any]) -> str:
-    state = status.get("state") or {}
-    restarts = status.get("restartCount", 0)
-    if "waiting" in state:
-        detail = state["waiting"]
-        text = f"waiting {detail.get('reason', '')}: {detail.get('message', '')}".rstrip(": ")
-    elif "terminated" in state:
-        detail = state["terminated"]
-        text = f"terminated {detail.get('reason', '')} exit {detail.get('exitCode')}"
-    else:
-        text = "running" + ("" if status.get("ready") else " (not ready)")
-    return f"container {status.get('name')}: {text}, restarts {restarts}"
-
-
-def _exit_codes(status: dict[str, Any]) -> list[int]:
-    """The exit codes a container's current and last run ended with."""
-    runs = (status.get("state") or {}, status.get("lastState") or {})
-    return [int(run["terminated"]["exitCode"]) for run in runs if "exitCode" in run.get("terminated", {})]
-
-
-def _worth_a_log(status: dict[str, Any]) -> bool:
-    """A container that ran and is not (or no longer) fine; one still being created has no log yet."""
-    state = status.get("state") or {}
-    if status.get("ready") or state.get("terminated", {}).get("reason") == "Completed":
-        return False
-    return "running" in state or "terminated" in state or bool(status.get("restartCount"))
-
-
 def _rollout_complete(deployment: client.V1Deployment, *, want: int) -> bool:
     status = deployment.status
     if status is None:
@@ -127,9 +92,9 @@ def _rollout_complete(deployment: client.V1Deployment, *, want: int) -> bool:
 
 
 def _deadline_exceeded(deployment: client.V1Deployment) -> bool:
-    conditions = deployment.status.conditions if deployment.status else None
+    items = deployment.status.conditions if deployment.status else None
     return any(c.type == "Progressing" and c.status == "False" and c.reason == "ProgressDeadlineExceeded"
-               for c in conditions or [])
+               for c in items or [])
 
 
 class KubernetesServingBackend:
@@ -179,7 +144,6 @@ class KubernetesServingBackend:
     def wait_ready(self, spec: DeploymentSpec, *, timeout_s: float) -> DeploymentStatus:
         """Watch the Deployment until its rollout completes; ROLLOUT_FAILED with diagnostics if not."""
         name = object_name(spec.model, spec.version)
-        want = min_replicas(spec)
         deadline = time.monotonic() + timeout_s
         last: client.V1Deployment | None = None
         with api_errors(f"watching Deployment {name}"):
@@ -190,13 +154,33 @@ class KubernetesServingBackend:
                         if kind == "DELETED":
                             raise self._rollout_failed(spec, None, why="the Deployment was deleted")
                         last = deployment
-                        if _rollout_complete(deployment, want=want):
-                            return self._status_of(spec.model, spec.version, deployment, want=want)
-                        if _deadline_exceeded(deployment):
-                            raise self._rollout_failed(spec, deployment, why="its progress deadline passed")
+                        if (status := self._judge(spec, deployment, give_up=False)).ready:
+                            return status
                         if time.monotonic() >= deadline:
                             break
         raise self._rollout_failed(spec, last, why=f"not ready within {timeout_s:g}s")
+
+    def check_ready(self, spec: DeploymentSpec, *, give_up: bool = False) -> DeploymentStatus:
+        """Read the Deployment once and judge it as ``wait_ready`` does; ``give_up`` fails it if not ready."""
+        name = object_name(spec.model, spec.version)
+        with api_errors(f"reading Deployment {name}"):
+            try:
+                deployment = self._apps.read_namespaced_deployment(
+                    name, self._namespace, _request_timeout=self._timeout)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+                raise self._rollout_failed(spec, None, why="the Deployment does not exist") from None
+        return self._judge(spec, deployment, give_up=give_up)
+
+    def _judge(self, spec: DeploymentSpec, deployment: client.V1Deployment, *, give_up: bool) -> DeploymentStatus:
+        if _rollout_complete(deployment, want=min_replicas(spec)):
+            return self._status_of(spec.model, spec.version, deployment, want=min_replicas(spec))
+        if _deadline_exceeded(deployment):
+            raise self._rollout_failed(spec, deployment, why="its progress deadline passed")
+        if give_up:
+            raise self._rollout_failed(spec, deployment, why="not ready in time")
+        return self._status_of(spec.model, spec.version, deployment, want=min_replicas(spec))
 
     def status(self, model: str, version: str) -> DeploymentStatus | None:
         """What the Deployment reports, or None when the version has none."""
@@ -313,7 +297,7 @@ class KubernetesServingBackend:
             endpoints=(service_url(model, version, namespace=self._namespace),),
             ready_replicas=(status.ready_replicas or 0) if status else 0,
             replicas=(status.replicas or 0) if status else 0,
-            message="; ".join(_conditions(self._plain(status.conditions) if status else None)),
+            message="; ".join(conditions(self._plain(status.conditions) if status else None)),
         )
 
     def _plain(self, value: Any) -> Any:
@@ -331,7 +315,7 @@ class KubernetesServingBackend:
             status = self._plain(deployment.status) or {}
             counts = {key: status.get(key, 0) for key in ("replicas", "updatedReplicas", "readyReplicas")}
             lines.append("  " + ", ".join(f"{key} {value}" for key, value in counts.items()))
-            lines += [f"  {c}" for c in _conditions(status.get("conditions"))]
+            lines += [f"  {c}" for c in conditions(status.get("conditions"))]
         pods = self._describe_pods(spec)
         for pod in pods:
             lines.append(f"pod {pod['name']}: {pod['phase']}")
@@ -368,11 +352,11 @@ class KubernetesServingBackend:
             name = pod["metadata"]["name"]
             described.append({
                 "name": name,
-                "exit_codes": sorted({code for c in containers for code in _exit_codes(c)}),
+                "exit_codes": sorted({code for c in containers for code in exit_codes(c)}),
                 "phase": status.get("phase", "Unknown"),
-                "conditions": _conditions(status.get("conditions")),
-                "containers": [_container_state(c) for c in containers],
-                "logs": {c["name"]: self._log_tail(name, c) for c in containers if _worth_a_log(c)},
+                "conditions": conditions(status.get("conditions")),
+                "containers": [container_state(c) for c in containers],
+                "logs": {c["name"]: self._log_tail(name, c) for c in containers if worth_a_log(c)},
             })
             if len(described) == _MAX_PODS_DESCRIBED:
                 break

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
@@ -59,17 +59,22 @@ class LocalEventBus:
         self._wakeup = threading.Condition()
 
     # -------------------------------------------------------------------------------- publishing
-    def publish(self, event: CloudEvent, *, topic: Topic, session: Session) -> None:
-        """Journal the event and fan it out to the topic's subscriptions, inside the caller's transaction."""
+    def publish(self, event: CloudEvent, *, topic: Topic, session: Session,
+                not_before: datetime | None = None) -> None:
+        """Journal the event and fan it out to the topic's subscriptions, inside the caller's transaction.
+
+        With ``not_before`` the deliveries become available only then (a due reconcile): nothing polls for it.
+        """
         before = session.exec(select(EventRecord.seq).where(EventRecord.event_id == event.id)).first()
         if before is not None:
             return
         row = journal.append(session, event, topic=topic)
         names = session.exec(select(Subscription.name).where(Subscription.topic == str(topic))).all()
         now = utcnow()
+        available = max(now, not_before) if not_before is not None else now
         for name in names:
             assert row.seq is not None
-            session.add(Delivery(subscription=name, event_seq=row.seq, available_at=now))
+            session.add(Delivery(subscription=name, event_seq=row.seq, available_at=available))
         # Wake consumers in this process once the caller commits; other processes poll.
         session.info.setdefault("after_commit", []).append(self._notify)
 

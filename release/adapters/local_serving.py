@@ -143,21 +143,25 @@ class LocalServingBackend:
         """Poll until every replica answers ready; fail with the pod log's tail if one cannot load or time runs out."""
         deadline = time.monotonic() + timeout_s
         while True:
-            with self._lock:
-                deployment = self._deployments.get((spec.model, spec.version))
-                if deployment is None:
-                    raise PermanentError(f"{spec.model}:{spec.version} is not deployed", reason=Reason.ROLLOUT_FAILED)
-                failed = next((r for r in deployment.replicas if r.gave_up), None)
-                status = self._status_of(deployment)
-            if failed is not None:
-                raise self._rollout_failed(spec, failed, f"replica {failed.index} exited with {failed.exit_code} "
-                                           f"after {failed.restarts} restart(s)")
+            status = self.check_ready(spec, give_up=time.monotonic() >= deadline)
             if status.ready:
                 return status
-            if time.monotonic() >= deadline:
-                raise self._rollout_failed(spec, deployment.replicas[0],
-                                           f"not ready after {timeout_s:g} s ({status.message})")
             self._stopping.wait(READY_POLL_S)
+
+    def check_ready(self, spec: DeploymentSpec, *, give_up: bool = False) -> DeploymentStatus:
+        """One look at the replicas: a replica that exited for good fails the rollout with its log's tail."""
+        with self._lock:
+            deployment = self._deployments.get((spec.model, spec.version))
+            if deployment is None:
+                raise PermanentError(f"{spec.model}:{spec.version} is not deployed", reason=Reason.ROLLOUT_FAILED)
+            failed = next((r for r in deployment.replicas if r.gave_up), None)
+            status = self._status_of(deployment)
+        if failed is not None:
+            raise self._rollout_failed(spec, failed, f"replica {failed.index} exited with {failed.exit_code} "
+                                       f"after {failed.restarts} restart(s)")
+        if not status.ready and give_up:
+            raise self._rollout_failed(spec, deployment.replicas[0], f"not ready in time ({status.message})")
+        return status
 
     def status(self, model: str, version: str) -> DeploymentStatus | None:
         """What runs for the version, or None when nothing does."""

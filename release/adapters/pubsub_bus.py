@@ -38,7 +38,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -174,8 +174,8 @@ class PubSubEventBus:
             self._known_topics.add(path)
 
     # ------------------------------------------------------------------------------------ publishing
-    def publish(self, event: CloudEvent, *, topic: Topic, session: Session) -> None:
-        """Record ``event`` in the caller's transaction; ``flush`` relays it once that transaction commits."""
+    def publish(self, event: CloudEvent, *, topic: Topic, session: Session, not_before: datetime | None = None) -> None:
+        """Journal ``event`` for ``flush`` to relay after commit. Pub/Sub cannot delay: ``not_before`` is ignored."""
         journal.append(session, event, topic=topic)
 
     def flush(self) -> int:

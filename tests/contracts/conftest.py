@@ -34,6 +34,8 @@ class BusUnderTest:
 
     bus: EventBus
     sessions: Callable[[], Session]
+    delays: bool = True
+    """Whether the transport can hold a publish back until ``not_before`` (Pub/Sub cannot)."""
 
     def pull_until(self, subscription: str, *, count: int, timeout_s: float = 10.0,
                    ack: bool = False) -> list[Message]:
@@ -66,7 +68,7 @@ def bus_under_test(request: pytest.FixtureRequest, sqlite_engine: Engine) -> Ite
                              topic_prefix=f"c{uuid.uuid4().hex[:10]}-")
     else:
         bus = LocalEventBus(session_factory=sessions)
-    yield BusUnderTest(bus=bus, sessions=sessions)
+    yield BusUnderTest(bus=bus, sessions=sessions, delays=request.param != "pubsub")
     bus.close()
 
 

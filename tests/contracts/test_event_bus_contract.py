@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from datetime import UTC, datetime, timedelta
 
 from release.ports import SubscriptionSpec
 from schemas.events import CloudEvent, EventType, Topic, make_event
@@ -92,3 +93,20 @@ def test_a_stale_handle_is_ignored_and_close_is_idempotent(bus_under_test: BusUn
     bus.close()
     with contextlib.suppress(Exception):
         bus.close()
+
+
+def test_a_delayed_publish_arrives_no_earlier_than_asked_where_the_bus_can_delay(bus_under_test: BusUnderTest):
+    """``not_before`` holds a delivery back until then (a due reconcile); Pub/Sub, which cannot, delivers it now."""
+    bus = bus_under_test.bus
+    bus.setup([Topic.MODEL_EVENTS], [SPEC])
+    not_before = datetime.now(UTC) + timedelta(seconds=1.0)
+    with bus_under_test.sessions() as session:
+        bus.publish(_event(1), topic=Topic.MODEL_EVENTS, session=session, not_before=not_before)
+        session.commit()
+    early = bus_under_test.pull_until("contract", count=1, timeout_s=0.3)
+    assert len(early) == (0 if bus_under_test.delays else 1)
+    (message,) = early or bus_under_test.pull_until("contract", count=1)
+    if bus_under_test.delays:
+        assert datetime.now(UTC) >= not_before
+    assert message.event.id == "contract-1" and message.attempt == 1
+    bus.ack(message)

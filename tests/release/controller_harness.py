@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from datetime import datetime
 
 from release import registry
 from release.adapters.local_bus import LocalEventBus
@@ -17,19 +19,22 @@ from release.ports import SubscriptionSpec
 from release.testing import FakeServing, ScriptedGates, ScriptedPromoter
 from release.worker import Consumer, run_until_idle
 from schemas.events import Topic
+from schemas.tables import utcnow
 
 
 def build(url: str, crash_at: str = "", *, failing: set[str] | None = None,
-          broken: set[str] | None = None, aborting: set[str] | None = None):
+          broken: set[str] | None = None, aborting: set[str] | None = None,
+          serving: FakeServing | None = None, clock: Callable[[], datetime] = utcnow, max_rollouts: int = 4):
     """Controller, bus and consumer over ``url`` with scripted fakes."""
     engine = make_engine(url)
     migrate(engine)
     bus = LocalEventBus(session_factory=session_factory(engine))
     bus.ensure_subscription(SubscriptionSpec(name="controller", topic=Topic.MODEL_EVENTS, max_attempts=10))
-    controller = Controller(engine=engine, bus=bus, serving=FakeServing(broken=broken or set()),
+    controller = Controller(engine=engine, bus=bus, serving=serving or FakeServing(broken=broken or set()),
                             gates=ScriptedGates(failing=failing or set()),
                             promoter=ScriptedPromoter(aborting=aborting or set()),
-                            materialize=lambda _v: None, crash_at=crash_at)
+                            materialize=lambda _v: None, crash_at=crash_at, clock=clock,
+                            max_rollouts=max_rollouts)
     consumer = Consumer(bus=bus, subscription="controller", handler=controller.handle)
     return engine, bus, controller, consumer
 

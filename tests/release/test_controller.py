@@ -21,6 +21,10 @@ from schemas.policy import CanaryStep, ReleasePolicy, RolloutPolicy, Strategy
 from tests.release.controller_harness import build, end_state
 from tests.release.registrations import register_version
 
+#: A canary whose steps are judged as soon as they start: what is tested is the path, not the waiting.
+QUICK_CANARY = ReleasePolicy(rollout=RolloutPolicy(strategy=Strategy.CANARY, steps=[
+    CanaryStep(weight=10, watch_s=0), CanaryStep(weight=100, watch_s=0)])).model_dump(mode="json")
+
 
 def _types(engine: Engine) -> list[str]:
     with session_scope(engine) as s:
@@ -82,7 +86,7 @@ def test_aborted_canary_rolls_back_and_prod_stays(tmp_path: Path) -> None:
     """A canary that breaches its budget ends ROLLED_BACK and PROD never moves."""
     engine, bus, _controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}", aborting={"2"})
     register_version(engine, bus, "1")
-    register_version(engine, bus, "2")
+    register_version(engine, bus, "2", policy=QUICK_CANARY)
     run_until_idle([consumer], bus=bus)
     state = end_state(engine)["digits"]
     assert state["versions"]["2"] == "ROLLED_BACK" and state["aliases"]["PROD"] == "1"
@@ -199,7 +203,7 @@ def test_aborted_canary_can_be_retried_through_the_whole_path(tmp_path: Path) ->
     """After a canary aborts, `retry` sends the version through gates and canary again, audited."""
     engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}", aborting={"2"})
     register_version(engine, bus, "1")
-    register_version(engine, bus, "2")
+    register_version(engine, bus, "2", policy=QUICK_CANARY)
     run_until_idle([consumer], bus=bus)
     assert end_state(engine)["digits"]["versions"]["2"] == "ROLLED_BACK"
     controller._promoter.aborting.clear()  # type: ignore[attr-defined]  (the cause went away)
@@ -216,8 +220,8 @@ def test_aborted_canary_can_be_retried_through_the_whole_path(tmp_path: Path) ->
 class _ScrapedPromoter(RoutePromoter):
     """The real route promoter, with the pods' counters scripted: every window sees 10 requests."""
 
-    def __init__(self, *, engine: Engine, failing: set[str]) -> None:
-        super().__init__(engine=engine)
+    def __init__(self, *, failing: set[str]) -> None:
+        super().__init__()
         self.failing = failing
         self.scrapes = 0
 
@@ -231,7 +235,7 @@ class _ScrapedPromoter(RoutePromoter):
 def test_back_to_back_canaries_leave_no_stale_routes(tmp_path: Path) -> None:
     """An aborted canary and then a promoted one leave no route weight behind: PROD takes all traffic."""
     engine, bus, controller, consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
-    controller._promoter = _ScrapedPromoter(engine=engine, failing={"2"})  # type: ignore[attr-defined]
+    controller._canary._promoter = _ScrapedPromoter(failing={"2"})  # type: ignore[attr-defined]
     canary = ReleasePolicy(rollout=RolloutPolicy(strategy=Strategy.CANARY, min_requests=1, steps=[
         CanaryStep(weight=50, watch_s=0), CanaryStep(weight=100, watch_s=0)])).model_dump(mode="json")
     for version in ("1", "2", "3"):
