@@ -107,10 +107,10 @@ class Faults:
     """Injects each fault of ``SCHEDULE`` once its time has come."""
 
     def __init__(self, cluster: Cluster, pg: PrivatePostgres, pubsub: PubSubProcess, *, spacing_s: float,
-                 quiet: bool) -> None:
+                 schedule: tuple[str, ...], quiet: bool) -> None:
         self.cluster, self.pg, self.pubsub, self.quiet = cluster, pg, pubsub, quiet
         self.spacing_s = spacing_s
-        self.pending = list(SCHEDULE)
+        self.pending = list(schedule)
         self.next_at = spacing_s
         self.done: list[dict[str, Any]] = []
 
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--spacing", type=float, default=10.0, help="seconds between faults (the first after one)")
+    parser.add_argument("--no-faults", action="store_true",
+                        help="the same run (store, bus, traffic) undisturbed: the reference for the faulted one")
     parser.add_argument("--json", action="store_true", help="print the report as JSON only")
     args = parser.parse_args(argv)
     pg = PrivatePostgres()
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster = run.cluster
         load = Load(cluster.router_url, sorted({i.model for i in run.items}))
         load.thread.start()
-        faults = Faults(cluster, pg, pubsub, spacing_s=args.spacing, quiet=args.json)
+        faults = Faults(cluster, pg, pubsub, spacing_s=args.spacing, schedule=() if args.no_faults else SCHEDULE,
+                        quiet=args.json)
         report = run.execute(timeout_s=args.timeout, during=faults)
         load.stop_event.set()
         load.thread.join()
