@@ -4,20 +4,21 @@ A spare is ``python -m handlers.server --warm``, started exactly like a cold pod
 environment, its own empty folder, the pod account, a new session) with a pipe on stdin. ``take`` hands one to a
 deployment, which copies its artifact into the spare's folder and writes the pod's real command line (artifact,
 ``--expect-digest``, serving settings) down the pipe; from then on it is that version's pod and nothing else.
-``fill`` (the backend's supervisor calls it) replaces spares that died at once, and spares that were taken
-``replace_after_s`` later: a new spare's torch import would otherwise compete for the CPU with the very pod that
-was just taken while it loads and its gates run. Spares count against the pods' memory budget: one that does not
-fit is not started. A spare whose control plane
-goes away reads end of file and exits, so spares never outlive the process that started them.
+``fill`` (the backend's supervisor calls it) replaces spares that were taken or died at once. When this process is
+root (so it can undo it) a spare waits at a low CPU priority (nice ``SPARE_NICE``), so that a replacement's torch
+import does not slow the pod just taken while it loads and its gates run; the taken pod gets the normal priority
+back, every thread of it. Spares count against the pods' memory budget: one that does not fit is not started. A
+spare whose control plane goes away reads end of file and exits, so spares never outlive the process that started
+them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from release.adapters.pod_sandbox import PodUser, place_artifact
 log = structlog.get_logger("release.adapters.warm_pool")
 
 WARM_ARGS = ("-m", "handlers.server", "--warm")
+SPARE_NICE = 10
 
 
 @dataclass(kw_only=True)
@@ -61,12 +63,11 @@ class WarmPool:
     """Up to ``size`` spares under ``root`` (folders) and ``logs`` (their logs until a version takes them)."""
 
     def __init__(self, *, size: int, python: str, root: Path, logs: Path, start: Starter,
-                 room: Callable[[], bool] = lambda: True, replace_after_s: float = 3.0) -> None:
+                 room: Callable[[], bool] = lambda: True) -> None:
         """``room()`` says whether the pods' memory budget has room for one more spare."""
         self.size = size
         self._room = room
-        self.replace_after_s = replace_after_s
-        self._replace_at = 0.0
+        self.nice = SPARE_NICE if os.geteuid() == 0 else 0
         self.command = [python, *WARM_ARGS]
         self.root = root
         self.logs = logs
@@ -78,27 +79,28 @@ class WarmPool:
         while self._spares:
             spare = self._spares.pop(0)
             if spare.alive():
-                self._replace_at = time.monotonic() + self.replace_after_s
+                if self.nice:
+                    renice(spare.process.pid, 0)
                 return spare
             shutil.rmtree(spare.folder, ignore_errors=True)
         return None
 
     def fill(self) -> None:
-        """Replace spares that died; start new ones up to ``size`` once ``replace_after_s`` passed since a take."""
-        died = [s for s in self._spares if not s.alive()]
-        for spare in died:
+        """Replace spares that died or were taken, up to ``size`` (and the memory budget)."""
+        for spare in [s for s in self._spares if not s.alive()]:
             log.warning("warm_pool.spare_died", pid=spare.process.pid, exit_code=spare.process.returncode,
                         log_path=str(spare.log_path))
             self._spares.remove(spare)
             shutil.rmtree(spare.folder, ignore_errors=True)  # its log stays, for the warning above
-        taken = max(self.size - len(self._spares) - len(died), 0)
-        target = self.size - taken if time.monotonic() < self._replace_at else self.size
-        while len(self._spares) < target and self._room():
+        while len(self._spares) < self.size and self._room():
             name = f"spare-{uuid.uuid4().hex[:12]}"
             self.logs.mkdir(parents=True, exist_ok=True)
             folder, log_path = self.root / name, self.logs / f"{name}.log"
+            process = self._start(folder, log_path, list(self.command))
+            if self.nice:
+                renice(process.pid, self.nice)
             self._spares.append(Spare(folder=folder, log_path=log_path, command=list(self.command),
-                                      process=self._start(folder, log_path, list(self.command))))
+                                      process=process))
 
     def pids(self) -> list[int]:
         """The spares' process ids (for memory accounting)."""
@@ -119,6 +121,13 @@ class WarmPool:
             shutil.rmtree(spare.folder, ignore_errors=True)
             spare.log_path.unlink(missing_ok=True)
         self._spares.clear()
+
+
+def renice(pid: int, nice: int) -> None:
+    """Set the nice value of every thread of ``pid`` (Linux keeps one per thread; new threads inherit theirs)."""
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
 
 
 def take_over(spare: Spare, *, index: int, port: int, log_path: Path, user: PodUser | None, artifact: Path,

@@ -44,6 +44,14 @@ def test_a_taken_spare_serves_with_the_versions_workers_and_is_replaced(warm: Lo
     assert json.loads(warm.state_path.read_text())["pods"][0]["pid"] == spare
     replacement = eventually(warm.pool.pids, lambda pids: len(pids) == 1 and pids[0] != spare)
     assert running(replacement[0])
+    # Spares wait at a low priority (when the control plane can undo it); every thread of a taken pod runs normal.
+    assert set(thread_nice(spare)) == {0}
+    assert set(thread_nice(replacement[0])) == {warm.pool.nice} == ({10} if os.geteuid() == 0 else {0})
+
+
+def thread_nice(pid: int) -> list[int]:
+    """The nice value of each thread of ``pid``."""
+    return [os.getpriority(os.PRIO_PROCESS, int(task.name)) for task in Path(f"/proc/{pid}/task").iterdir()]
 
 
 def test_a_spare_that_died_is_replaced(warm: LocalServingBackend):
