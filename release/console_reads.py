@@ -14,7 +14,7 @@ from sqlmodel import Session, col, func, select
 from release import registry
 from release.registry import PROD, STG, VersionView
 from schemas.states import SETTLED, VersionState
-from schemas.tables import AuditEntry, Deployment, ModelVersion
+from schemas.tables import AuditEntry, CanaryStepRecord, Deployment, ModelVersion
 
 #: How many lines of a pod's log a version page shows.
 LOG_TAIL_LINES = 40
@@ -105,18 +105,35 @@ def gate_comparison(report: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def canary_progress(session: Session, model: str) -> dict[str, Any] | None:
-    """The canary in flight, if any: its version, current weight, which step that is and the step budgets."""
-    weights = registry.route_weights(session, model)
-    if not weights:
+    """The model's newest canary, running or finished: its version, route weight, budgets, and every step as it
+    ran (``progress``: weight, phase, and what the candidate pods served once the step was judged)."""
+    model_row = registry.get_model(session, model)
+    newest = session.exec(select(CanaryStepRecord, ModelVersion)
+                          .join(ModelVersion, col(ModelVersion.id) == col(CanaryStepRecord.version_id))
+                          .where(ModelVersion.model_id == model_row.id)
+                          .order_by(col(CanaryStepRecord.id).desc())).first()
+    if newest is None:
         return None
-    version, weight = max(weights.items(), key=lambda item: item[1])
-    view = registry.get_version(session, model, version)
-    rollout = view.policy.get("rollout", {})
-    steps = [int(s.get("weight", 0)) for s in rollout.get("steps", [])]
-    current = next((i for i, w in enumerate(steps) if w >= weight), len(steps) - 1) if steps else None
-    return {"version": version, "weight": weight, "step": current, "steps": steps,
+    last, version = newest
+    rows = session.exec(select(CanaryStepRecord).where(CanaryStepRecord.version_id == last.version_id)
+                        .where(CanaryStepRecord.attempt == last.attempt)
+                        .order_by(col(CanaryStepRecord.step))).all()
+    rollout = version.policy.get("rollout", {})
+    return {"version": version.version, "state": str(version.state), "step": last.step,
+            "weight": registry.route_weights(session, model).get(version.version, 0),
+            "steps": [int(s.get("weight", 0)) for s in rollout.get("steps", [])],
             "max_error_rate": rollout.get("max_error_rate"), "max_p99_ms": rollout.get("max_p99_ms"),
-            "state": str(view.state)}
+            "progress": [canary_step_row(r) for r in rows]}
+
+
+def canary_step_row(row: CanaryStepRecord) -> dict[str, Any]:
+    """One canary step as the strip shows it; the counts are empty while its watch window is open."""
+    result = row.result or {}
+    phase = "watching" if row.result is None else ("passed" if result.get("ok") else "failed")
+    return {"step": row.step, "weight": row.weight, "watch_s": row.watch_s, "started_at": row.started_at,
+            "judged_at": row.judged_at, "phase": phase, "requests": result.get("requests"),
+            "errors": result.get("errors"), "error_rate": result.get("error_rate"), "p99_ms": result.get("p99_ms"),
+            "judged": result.get("judged"), "breaches": list(result.get("breaches") or [])}
 
 
 def aliases_with_audit(session: Session, model: str, *, limit: int = 200) -> dict[str, Any]:

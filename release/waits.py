@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -24,7 +25,7 @@ from release.db import session_scope
 from release.ports import EventBus
 from release.registry import VersionView
 from release.transitions import Step
-from schemas.errors import Reschedule
+from schemas.errors import BadRequest, Reason, Reschedule
 from schemas.events import CloudEvent, EventType, ReconcileDueData, Topic, make_event
 
 #: The first gaps between polls, in seconds; after them every ``cap_s``.
@@ -54,7 +55,11 @@ def due_event(view: VersionView, due_at: datetime, *, why: str) -> CloudEvent:
 
 def check_due(event: CloudEvent, now: datetime) -> None:
     """Raise ``Reschedule`` when a due event came before its time (a bus that cannot delay a delivery)."""
-    due_at = ReconcileDueData.model_validate(event.data).due_at
+    try:
+        due_at = ReconcileDueData.model_validate(event.data).due_at
+    except ValidationError as error:
+        raise BadRequest(f"reconcile_due event {event.id} is malformed: {error}", reason=Reason.EVENT_INVALID,
+                         hint="Publish due events with release.waits.due_event.") from error
     early_s = (due_at - now).total_seconds()
     if early_s > EARLY_TOLERANCE_S:
         raise Reschedule(f"{event.model}/{event.version} is due in {early_s:.2f}s", delay_s=early_s,

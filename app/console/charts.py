@@ -65,7 +65,7 @@ def traffic_split(prod: str | None, canary: dict[str, Any] | None) -> list[dict[
     """The stacked bar across versions: PROD takes what the canary does not."""
     if prod is None:
         return []
-    if canary is None or canary["version"] == prod:
+    if canary is None or canary["version"] == prod or not canary["weight"]:
         return [{"version": prod, "weight": 100, "role": "PROD"}]
     weight = int(canary["weight"])
     return [{"version": prod, "weight": 100 - weight, "role": "PROD"},

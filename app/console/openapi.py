@@ -93,6 +93,10 @@ def _reads() -> dict[str, Any]:
             params=[model, version])},
         "/api/v1/models/{model}/aliases": {"get": _op("aliases with their audited moves", _obj("aliases", "moves"),
                                                       params=[model])},
+        "/api/v1/models/{model}/canary": {"get": _op(
+            "the newest canary: version, route weight, budgets, and each step's weight, phase and what the "
+            "candidate pods served (requests, errors, error rate, p99, breaches); null when none ran",
+            _obj("model", "canary"), params=[model])},
         "/api/v1/models/{model}/timeline": {"get": _op("the audit trail on one time axis", _obj("entries"),
                                                        params=[model, _query("limit", _int(1, 1000), "entries")])},
         "/api/v1/models/{model}/drift": {"get": _op(

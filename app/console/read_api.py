@@ -68,6 +68,11 @@ def _version(request: Request, s: Session) -> Any:
     return console_reads.version_detail(s, request.path_params["model"], request.path_params["version"])
 
 
+def _canary(request: Request, s: Session) -> Any:
+    model = request.path_params["model"]
+    return {"model": model, "canary": console_reads.canary_progress(s, model)}
+
+
 def _aliases(request: Request, s: Session) -> Any:
     return console_reads.aliases_with_audit(s, request.path_params["model"])
 
@@ -119,7 +124,8 @@ def read_routes(app: App) -> list[Route]:
     table: list[tuple[str, Reader]] = [
         ("/api/v1/models", _models), ("/api/v1/models/{model}", _model),
         ("/api/v1/models/{model}/versions", _versions), ("/api/v1/models/{model}/versions/{version}", _version),
-        ("/api/v1/models/{model}/aliases", _aliases), ("/api/v1/models/{model}/timeline", _timeline),
+        ("/api/v1/models/{model}/aliases", _aliases), ("/api/v1/models/{model}/canary", _canary),
+        ("/api/v1/models/{model}/timeline", _timeline),
         ("/api/v1/models/{model}/drift", _drift), ("/api/v1/alerts", _alerts), ("/api/v1/events", _events),
         ("/api/v1/dead-letters", dead_letters)]
     return [Route(path, read(func), methods=["GET"]) for path, func in table]

@@ -31,14 +31,15 @@ INTAKE_MODULE="${INTAKE_MODULE:-functions.main}"
 IMAGE_TAG="${IMAGE_TAG:-$(git rev-parse --short HEAD 2>/dev/null || echo latest)}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 
-TOPICS=(model-events prediction-logs drift-metrics alerts)
+TOPICS=(model-events prediction-logs drift-metrics alerts release-ticks)
 # subscription:topic pairs, named as the services ensure them (release/bootstrap.py, monitoring/monitor.py).
-SUBSCRIPTIONS=(controller:model-events drift-profiles:model-events drift-monitor:prediction-logs)
+SUBSCRIPTIONS=(controller:model-events controller-ticks:release-ticks drift-profiles:model-events
+               drift-monitor:prediction-logs)
 # What each workload identity may do on Pub/Sub, by name: role=publish-topics|consume-subscriptions. A role
 # publishes only what it journals (its RELEASE_RELAY_TOPICS in deploy/k8s) and the dead-letter topics of the
 # subscriptions it consumes; nobody holds pubsub.editor, so the router cannot publish a rollback request.
 GRANTS=(
-  "release-control-plane=model-events,model-events-dead-letter|controller"
+  "release-control-plane=model-events,model-events-dead-letter,release-ticks,release-ticks-dead-letter|controller,controller-ticks"
   "release-router=prediction-logs|"
   "release-api=model-events,drift-metrics|"
   "release-monitor=drift-metrics,alerts,model-events,model-events-dead-letter,prediction-logs-dead-letter|drift-monitor,drift-profiles"

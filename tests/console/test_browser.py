@@ -154,6 +154,47 @@ def test_drift_alert_appears_on_an_open_page_without_reload(page: Any, live: Liv
     shot(page, "model-drift-alert")
 
 
+def test_a_canary_step_appears_on_an_open_page_without_reload(page: Any, live: Live) -> None:
+    """A canary step started on v2's warm pods shows in the open page's strip over SSE: its weight and phase."""
+    from release import registry
+    from release.canary import CanaryRunner
+    from release.db import session_scope
+    from release.ports import Candidate
+    from release.promotion import RoutePromoter
+    from release.waits import Scheduler
+    from schemas.policy import CanaryStep, ReleasePolicy
+    from schemas.tables import utcnow
+
+    page.goto(MODEL_PAGE)
+    expect(page.locator("#live")).to_have_text("live")
+    page.evaluate("window.__sameDocument = 'yes'")
+    app = live.app
+    with session_scope(app.engine) as s:
+        view = registry.get_version(s, "digits", "2")
+        deployment = registry.get_deployment(s, view.id)
+    assert deployment is not None and deployment.endpoints
+    candidate = Candidate(model="digits", version="2", version_id=view.id, manifest=view.manifest,
+                          endpoints=tuple(deployment.endpoints))
+    rollout = ReleasePolicy.model_validate(view.policy).rollout.model_copy(
+        update={"steps": [CanaryStep(weight=10, watch_s=3600), CanaryStep(weight=100)]})
+    runner = CanaryRunner(engine=app.engine, bus=app.bus, promoter=RoutePromoter(),
+                          scheduler=Scheduler(engine=app.engine, bus=app.bus, clock=utcnow), clock=utcnow,
+                          fault=lambda _point: None)
+    try:
+        assert runner.advance(view, candidate, rollout) is None  # step 1 started: its row, route and canary.step
+        strip = page.locator("#sec-summary .canary")
+        expect(strip).to_contain_text("Canary v2", timeout=60_000)
+        expect(strip.locator("tr[data-step='0']")).to_contain_text("watching")
+        expect(strip.locator("tr[data-step='0']")).to_contain_text("10%")
+        assert page.evaluate("window.__sameDocument") == "yes"
+        progress = live.get("/api/v1/models/digits/canary")["canary"]["progress"]
+        assert [(p["step"], p["weight"], p["phase"]) for p in progress] == [(0, 10, "watching")]
+        shot(page, "model-canary-step")
+    finally:
+        with session_scope(app.engine) as s:
+            registry.set_route_weight(s, model="digits", version="2", weight=0)
+
+
 def test_rollback_clicked_in_the_page_moves_prod(page: Any, live: Live) -> None:
     """With the token kept for the session, a confirmed rollback moves PROD to v1 (read back through the API)."""
     page.goto(MODEL_PAGE)

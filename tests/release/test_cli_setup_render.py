@@ -32,7 +32,7 @@ from tests.servers.pubsub_server import PubSubServer
 ROOT = Path(__file__).resolve().parents[2]
 CONTROL_PLANE = ROOT / "deploy" / "k8s" / "control-plane.yaml"
 PROJECT = "setup-project"
-TOPICS = ["model-events", "prediction-logs", "drift-metrics", "alerts"]
+TOPICS = ["model-events", "prediction-logs", "drift-metrics", "alerts", "release-ticks"]
 
 
 def _release(*args: str, env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
@@ -63,7 +63,7 @@ def pubsub() -> Iterator[str]:
 
 # ------------------------------------------------------------------------------------------------ setup
 def test_setup_creates_topics_and_subscriptions_on_pubsub_twice(env: dict[str, str], pubsub: str) -> None:
-    """`release setup` creates the four topics, their dead letters and the consumer subscriptions; again is a no-op."""
+    """`release setup` creates every topic, their dead letters and the consumer subscriptions; again is a no-op."""
     env = {**env, "RELEASE_BUS": "pubsub", "PUBSUB_EMULATOR_HOST": pubsub, "RELEASE_GCP_PROJECT": PROJECT}
     first = _release("setup", "--json", env=env)
     second = _release("setup", "--json", env=env)
@@ -94,7 +94,7 @@ def test_setup_on_the_local_bus_migrates_and_ensures_subscriptions(env: dict[str
     assert _release("setup", env=env).returncode == 0
     again = _release("setup", "--json", env=env)
     assert again.returncode == 0, again.stderr
-    wanted = ["controller", *(spec.name for spec in monitor_subscriptions())]
+    wanted = ["controller", "controller-ticks", *(spec.name for spec in monitor_subscriptions())]
     assert [s["name"] for s in json.loads(again.stdout)["subscriptions"]] == wanted
     engine = make_engine(f"sqlite:///{tmp_path / 'home' / 'release.db'}")
     with engine.connect() as conn:

@@ -20,7 +20,7 @@ from release.outcomes import disposition
 from release.testing import FakeServing
 from release.worker import Consumer, run_until_idle
 from schemas.error_table import retry_after
-from schemas.errors import Reschedule
+from schemas.errors import BadRequest, Reschedule
 from schemas.events import EventType, ReconcileDueData, Topic, make_event
 from schemas.policy import CanaryStep, ReleasePolicy, RolloutPolicy, Strategy
 from schemas.tables import AuditEntry, CanaryStepRecord, Delivery, EventRecord, ModelVersion, utcnow
@@ -249,3 +249,12 @@ def test_the_rollout_bound_holds_with_two_controllers_racing(postgres_url: str) 
         assert max(seen) == 2 and states == ["LIVE"] * 6
     finally:
         schemas.close()
+
+
+def test_a_malformed_due_event_is_settled_as_invalid(tmp_path: Path) -> None:
+    """A due event without a due time is refused as event_invalid and acked, not retried until dead-lettered."""
+    _engine, _bus, controller, _consumer = build(f"sqlite:///{tmp_path / 'c.db'}")
+    event = make_event(EventType.RECONCILE_DUE, {"model": "digits", "version": "1"})
+    with pytest.raises(BadRequest, match="malformed") as raised:
+        controller.handle(event)
+    assert raised.value.reason == "event_invalid" and disposition(raised.value).ack

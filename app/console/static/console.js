@@ -156,7 +156,7 @@
     };
     ["model.registered", "artifact.rejected", "version.state_changed", "rollout.ready", "rollout.failed",
      "gates.evaluated", "alias.moved", "release.rolled_back", "release.rollback_requested", "drift.measured",
-     "drift.alert", "drift.resolved", "accuracy.measured"].forEach(function (type) {
+     "drift.alert", "drift.resolved", "accuracy.measured", "canary.step"].forEach(function (type) {
       source.addEventListener(type, handle);
     });
   }
