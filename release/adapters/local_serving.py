@@ -142,17 +142,14 @@ class LocalServingBackend:
     def wait_ready(self, spec: DeploymentSpec, *, timeout_s: float) -> DeploymentStatus:
         """Poll until every replica answers ready; fail with the pod log's tail if one cannot load or time runs out."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            status = self.check_ready(spec, give_up=time.monotonic() >= deadline)
-            if status.ready:
-                return status
+        while not (status := self.check_ready(spec, give_up=time.monotonic() >= deadline)).ready:
             self._stopping.wait(READY_POLL_S)
+        return status
 
     def check_ready(self, spec: DeploymentSpec, *, give_up: bool = False) -> DeploymentStatus:
         """One look at the replicas: a replica that exited for good fails the rollout with its log's tail."""
         with self._lock:
-            deployment = self._deployments.get((spec.model, spec.version))
-            if deployment is None:
+            if (deployment := self._deployments.get((spec.model, spec.version))) is None:
                 raise PermanentError(f"{spec.model}:{spec.version} is not deployed", reason=Reason.ROLLOUT_FAILED)
             failed = next((r for r in deployment.replicas if r.gave_up), None)
             status = self._status_of(deployment)
