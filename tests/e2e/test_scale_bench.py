@@ -17,5 +17,6 @@ def test_the_scale_bench_settles_two_versions_with_every_check_passing(capsys: p
     report = json.loads(capsys.readouterr().out)
     assert report["final_states"] == {"scale-000/1": "REJECTED", "scale-000/2": "LIVE"}
     assert {name: ok for name, (ok, _detail) in report["checks"].items()} == dict.fromkeys(report["checks"], True)
-    assert report["pods_started"] == 2
+    assert report["pods_started"] >= 2  # one per version, plus warm spares where the pool keeps them
+    assert report["peak_pod_rss_mib"] > 0
     assert code == 0
