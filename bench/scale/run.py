@@ -150,14 +150,17 @@ class ScaleRun:
         return report
 
     def _drain(self, *, deadline: float) -> None:
-        """Let the events that follow the last state moves be consumed, so the outbox check sees the end."""
+        """Let the events that follow the last state moves be consumed and relayed, so the outbox check sees the end
+        (prediction logs keep coming while traffic flows: a moment with none left to relay is what it waits for)."""
         assert self.engine is not None
-        query = text("SELECT count(*) FROM bus_delivery WHERE status = 'pending'")
+        relayed = self.env_extra.get("RELEASE_BUS") == "pubsub"
+        query = text("SELECT count(*) FROM event WHERE published_at IS NULL" if relayed else
+                     "SELECT count(*) FROM bus_delivery WHERE status = 'pending'")
         while time.time() < deadline:
             with self.engine.connect() as conn:
                 if not conn.execute(query).scalar_one():
                     return
-            time.sleep(0.5)
+            time.sleep(0.2)
 
     def _pods_now(self) -> list[int]:
         return [pid for pid in self.cluster.sampler.pods_seen if Path(f"/proc/{pid}").exists()] \
