@@ -46,7 +46,7 @@ def test_each_role_runs_as_its_own_identity_and_relays_only_its_topics() -> None
 def test_model_pods_accept_only_the_serving_path_and_reach_only_dns_metadata_and_https() -> None:
     """The NetworkPolicy selects the rendered model pods, admits router, controller and Prometheus, and lets
     them out only to DNS, the metadata server and HTTPS outside the private ranges."""
-    (policy,) = _of_kind("NetworkPolicy")
+    (policy,) = [p for p in _of_kind("NetworkPolicy") if p["metadata"]["name"] == "model-pods"]
     spec = policy["spec"]
     assert spec["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "model-server",
                                                   "app.kubernetes.io/component": "serving"}
