@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from schemas.errors import BadRequest, Reason
 from schemas.events import CloudEvent
+from schemas.pod_records import log_entry_event
 
 MESSAGE_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 CE_ATTRIBUTES = ("id", "type", "source", "specversion", "subject", "time")
@@ -43,6 +44,9 @@ def event_from_envelope(envelope: object) -> CloudEvent:
     try:
         return CloudEvent.model_validate_json(raw)
     except ValidationError as exc:
+        # A Cloud Logging sink delivers the pods' prediction-record lines as LogEntries, not CloudEvents.
+        if (entry := log_entry_event(raw)) is not None:
+            return entry
         raise BadRequest(f"message body is not a structured CloudEvent: {exc.errors()[0]['msg']}",
                          reason=Reason.EVENT_INVALID,
                          hint="Publish our events through the release bus, which writes them as CloudEvents.") from exc

@@ -230,3 +230,12 @@ def _renamed(event: CloudEvent, prefix: str) -> CloudEvent:
     """The golden batch as another delivery: new event id, new request ids."""
     records = [{**r, "request_id": f"{prefix}-{r['request_id']}"} for r in event.data["records"]]
     return event.model_copy(update={"id": f"{prefix}-{event.id}", "data": {"records": records}})
+
+
+def test_a_logging_sink_entry_reaches_the_drift_target_as_a_pod_records_event() -> None:
+    """A LogEntry the logging sink delivers decodes to the pod-records event, named by its insertId."""
+    entry = {"insertId": "abc", "jsonPayload": {"kind": "x"}, "resource": {"labels": {}}}
+    data = base64.b64encode(json.dumps(entry).encode()).decode()
+    event = event_from_envelope({"message": {"data": data}})
+    assert event.type == "dev.modelrelease.pod_records.logged.v1"
+    assert event.data == entry
