@@ -65,7 +65,7 @@ def _local_serving(settings: Settings) -> ServingBackend:
     gpu = {"on": True, "off": False, "auto": None}[settings.gpu]
     return LocalServingBackend(home=settings.home.resolve(), gpu=gpu, pod_user=settings.pod_user,
                                pod_root=settings.pod_root, warm_pods=settings.warm_pods,
-                               memory_mb=settings.pod_memory_mb)
+                               memory_mb=settings.pod_memory_mb, prestart=False)
 
 
 def _kubernetes_serving(settings: Settings) -> ServingBackend:

@@ -74,10 +74,10 @@ class LocalServingBackend:
     def __init__(self, *, home: Path, python: str = sys.executable, host: str = "127.0.0.1",
                  gpu: bool | None = None, max_restarts: int = 5, restart_backoff_s: float = 0.5,
                  stop_grace_s: float = 10.0, supervise_interval_s: float = 0.2, pod_user: str = AUTO,
-                 pod_root: Path | None = None, warm_pods: int = 0, memory_mb: int = 0):
+                 pod_root: Path | None = None, warm_pods: int = 0, memory_mb: int = 0, prestart: bool = True):
         """``pod_user``: the account pods run as when this process is root (``auto``: ``nobody`` if it can run the
         pod runtime); ``pod_root``: where pod folders live (default: under the system temp folder); ``warm_pods``:
-        spare pods kept started; ``memory_mb``: the pods' memory budget (0: half the machine's memory)."""
+        spares kept started (from the first deploy unless ``prestart``); ``memory_mb``: the pods' memory budget."""
         self.home = home
         secure_home(home)
         self.pod_root = pod_root or default_pod_root(home)
@@ -103,7 +103,9 @@ class LocalServingBackend:
         self.pool = WarmPool(size=warm_pods, python=python, root=self.pod_root / "warm", logs=self.pods_dir / "warm",
                              start=self._start_spare, room=lambda: self.memory.fits(1, running=self._pod_pids()))
         self._adopt_previous_run()
-        self.pool.fill()
+        self._pool_on = prestart  # a one-shot command (bootstrap passes False) never starts a spare
+        if prestart:
+            self.pool.fill()
         self._supervisor = threading.Thread(target=self._supervise, name="local-serving-supervisor", daemon=True)
         self._supervisor.start()
 
@@ -118,8 +120,8 @@ class LocalServingBackend:
         if spec.local_path is None:
             raise PermanentError(f"{spec.model}:{spec.version}: the local backend needs the artifact's local_path",
                                  reason=Reason.ROLLOUT_FAILED)
-        key = (spec.model, spec.version)
-        fingerprint = self._fingerprint(spec)
+        key, fingerprint = (spec.model, spec.version), self._fingerprint(spec)
+        self._pool_on = True
         with self._lock:
             current = self._deployments.get(key)
             if current is not None and current.fingerprint == fingerprint:
@@ -299,11 +301,11 @@ class LocalServingBackend:
                 shutil.rmtree(replica.folder, ignore_errors=True)
         log.info("local_serving.retired", model=deployment.model, version=deployment.version)
 
-    # ------------------------------------------------------------------------------------------ supervision
     def _supervise(self) -> None:
         while not self._stopping.wait(self._interval):
             with self._lock:
-                self.pool.fill()
+                if self._pool_on:
+                    self.pool.fill()
                 for deployment in self._deployments.values():
                     for replica in deployment.replicas:
                         self._check(deployment, replica)
@@ -330,7 +332,6 @@ class LocalServingBackend:
             self._spawn(replica, env=deployment.env)
             self._save_state()
 
-    # ------------------------------------------------------------------------------------------ status
     def _ready(self, replica: Replica) -> bool:
         if replica.restart_at is not None or replica.gave_up:
             return False
@@ -356,7 +357,6 @@ class LocalServingBackend:
                               reason=pod_exit.reason_for(replica.exit_code), details={"log_excerpt": excerpt,
                                                                      "log_path": str(replica.log_path)})
 
-    # ------------------------------------------------------------------------------------------ state file
     def _save_state(self) -> None:
         records: list[dict[str, Any]] = []
         for deployment in self._deployments.values():

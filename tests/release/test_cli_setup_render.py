@@ -94,7 +94,7 @@ def test_setup_on_the_local_bus_migrates_and_ensures_subscriptions(env: dict[str
     assert _release("setup", env=env).returncode == 0
     again = _release("setup", "--json", env=env)
     assert again.returncode == 0, again.stderr
-    wanted = ["controller", "controller-ticks", *(spec.name for spec in monitor_subscriptions())]
+    wanted = ["controller", "controller-ticks", "rollbacks", *(spec.name for spec in monitor_subscriptions())]
     assert [s["name"] for s in json.loads(again.stdout)["subscriptions"]] == wanted
     engine = make_engine(f"sqlite:///{tmp_path / 'home' / 'release.db'}")
     with engine.connect() as conn:
